@@ -1,0 +1,139 @@
+"""Command-line entry points on Hydra, with config mistakes reported in one line.
+
+Before Hydra starts a run we compose the same config ourselves (``preflight``): a typo in a
+key, an unknown group option or a bad value is printed as ``error: <key>: <problem>`` with
+exit code 2, before any output directory, MLflow run or TensorFlow import exists.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+
+from hydra import compose, initialize_config_module  # noqa: E402
+from hydra._internal.utils import get_args_parser  # noqa: E402
+from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
+from hydra.errors import HydraException, MissingConfigException  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+
+from ranking_exp.config import one_line_omegaconf_error, register_configs, to_run_config  # noqa: E402
+from ranking_exp.errors import ConfigError, UserError  # noqa: E402
+
+CONFIG_MODULE = "ranking_exp.conf"
+log = logging.getLogger("ranking_exp")
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def hydra_error_line(e: Exception) -> str:
+    """One line out of Hydra's multi-line composition errors."""
+    if isinstance(e, MissingConfigException) and e.options is not None and e.missing_cfg_file:
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        return f"{group}={name}: no such option (choose from {', '.join(e.options)})"
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        return one_line_omegaconf_error(cause)
+    if isinstance(cause, MissingConfigException):
+        return hydra_error_line(cause)
+    return " ".join(str(e).split("\n")[0:1]) or type(e).__name__
+
+
+def _first_values(overrides: Sequence[str]) -> list[list[str]]:
+    """Override lists to check for a multirun: each sweep value once, others at their first."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    firsts, choices = [], []
+    for o in parsed:
+        values = None
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # an Optuna-style distribution: the sweeper checks those
+                values = None
+        if values is None:
+            firsts.append(o.input_line)
+            choices.append(None)
+        else:
+            prefix = o.get_key_element()
+            firsts.append(f"{prefix}={values[0]}")
+            choices.append([f"{prefix}={v}" for v in values])
+    combos = [firsts]
+    for i, vals in enumerate(choices):
+        for v in (vals or [])[1:]:
+            combos.append(firsts[:i] + [v] + firsts[i + 1:])
+    return combos
+
+
+def preflight(config_name: str, overrides: Sequence[str], multirun: bool,
+              check: Callable[[DictConfig], object] = to_run_config) -> None:
+    """Composes and validates the config as Hydra will; raises ConfigError with one line."""
+    try:
+        combos = _first_values(overrides) if multirun else [list(overrides)]
+    except HydraException as e:
+        raise ConfigError(hydra_error_line(e)) from None
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        for combo in combos:
+            try:
+                cfg = compose(config_name, overrides=combo)
+            except (HydraException, OmegaConfBaseException) as e:
+                raise ConfigError(hydra_error_line(e)) from None
+            if "output_dir" in cfg:  # resolved by Hydra at run time only
+                with open_dict(cfg):
+                    cfg.output_dir = "<output_dir>"
+            check(cfg)
+
+
+def run_hydra_app(task: Callable[[DictConfig], object], config_name: str,
+                  check: Callable[[DictConfig], object] = to_run_config) -> None:
+    """Preflight, then hand over to ``@hydra.main`` with ``task``."""
+    import hydra
+
+    register_configs()
+    args = get_args_parser().parse_args()
+    informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+    if not informational:
+        try:
+            preflight(args.config_name or config_name, args.overrides, args.multirun, check)
+        except UserError as e:
+            fail(str(e), e.exit_code)
+
+    @hydra.main(version_base="1.3", config_path="conf", config_name=config_name)
+    def _main(cfg: DictConfig):
+        try:
+            return task(cfg)
+        except UserError as e:
+            log.error("%s", e)
+            fail(str(e), e.exit_code)
+
+    _main()
+
+
+def _train_task(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    from ranking_exp.experiment import run_training, summary_table
+
+    run = to_run_config(cfg)
+    hc = HydraConfig.get()
+    choices = {g: hc.runtime.choices.get(g) for g in ("dataset", "scorer", "loss", "optimizer", "strategy")}
+    run_name = "-".join(str(v) for k, v in choices.items() if k != "strategy")
+    tags = {f"choice.{k}": str(v) for k, v in choices.items()}
+    tags["overrides"] = " ".join(hc.overrides.task)
+    hydra_dir = os.path.join(hc.runtime.output_dir, hc.output_subdir) if hc.output_subdir else None
+    result = run_training(run, cfg, launch_dir=get_original_cwd(), run_name=run_name, tags=tags,
+                          hydra_dir=hydra_dir)
+    log.info("MLflow run %s (%s), model %s\n%s", result.run_id, run.tracking.uri, result.model_uri,
+             summary_table(result))
+    return result.objective
+
+
+def main() -> None:
+    """``python -m ranking_exp [overrides]``: train, validate, export and record one run."""
+    run_hydra_app(_train_task, "config")

@@ -1,0 +1,530 @@
+"""Structured configs: one validated dataclass per config group option.
+
+Each class is stored in Hydra's ConfigStore under ``schema/<group>/<option>``; the YAML file
+``conf/<group>/<option>.yaml`` extends it (``- /schema/<group>/<option>@_here_``), so a typo in
+a key or a value of the wrong type fails at composition, and ``__post_init__`` checks ranges
+when :func:`to_run_config` turns the composed config into these objects — all before
+TensorFlow is imported. Adding an option means adding a class here and a YAML file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ranking_exp.errors import ConfigError
+
+DEFAULT_CACHE_DIR = "${oc.env:RANKING_EXP_CACHE_DIR,'~/.cache/ranking_exp'}"
+
+# Which group a dataclass belongs to; filled by @option.
+_GROUP_OF: dict[type, str] = {}
+REGISTRY: dict[str, dict[str, type]] = {}
+
+
+def option(group: str, *names: str):
+    """Registers a dataclass as the schema of one or more options of ``group``."""
+
+    def wrap(cls):
+        _GROUP_OF[cls] = group
+        for name in names:
+            REGISTRY.setdefault(group, {})[name] = cls
+        return cls
+
+    return wrap
+
+
+def _check(cond: bool, key: str, problem: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {problem}")
+
+
+def _check_import_path(value: str, key: str) -> None:
+    _check(bool(value) and "." in value and all(p.isidentifier() for p in value.split(".")), key,
+           f"{value!r} is not an import path like 'package.module.Name'")
+
+
+# --------------------------------------------------------------------------------------
+# dataset
+# --------------------------------------------------------------------------------------
+@option("dataset", "synthetic")
+@dataclass
+class SyntheticDatasetConfig:
+    """A deterministic synthetic ranking set with learnable signal (the embedded default)."""
+
+    kind: str = "synthetic"
+    num_train: int = 2000
+    num_vali: int = 300
+    num_test: int = 300
+    min_docs: int = 5
+    max_docs: int = 60
+    seed: int = 0
+    num_shards: int = 2
+    cache_dir: str = DEFAULT_CACHE_DIR
+
+    def __post_init__(self):
+        for key in ("num_train", "num_vali", "num_test", "num_shards"):
+            _check(getattr(self, key) > 0, f"dataset.{key}", "must be > 0")
+        _check(1 <= self.min_docs <= self.max_docs, "dataset.min_docs",
+               "must satisfy 1 <= min_docs <= max_docs")
+
+
+@option("dataset", "letor")
+@dataclass
+class LetorDatasetConfig:
+    """LibSVM/LETOR text in a fold directory (train/vali/test .txt or .txt.gz)."""
+
+    kind: str = "letor"
+    path: str = MISSING
+    num_shards: int = 4
+    cache_dir: str = DEFAULT_CACHE_DIR
+    progress: bool = True
+
+    def __post_init__(self):
+        _check(self.num_shards > 0, "dataset.num_shards", "must be > 0")
+
+
+@option("dataset", "elwc")
+@dataclass
+class ElwcDatasetConfig:
+    """Existing ExampleListWithContext TFRecord shards described by a feature_spec.json."""
+
+    kind: str = "elwc"
+    train: str = MISSING
+    vali: Optional[str] = None
+    test: Optional[str] = None
+    feature_spec: str = MISSING
+
+    def __post_init__(self):
+        _check(bool(self.train), "dataset.train", "needs a file pattern")
+
+
+# --------------------------------------------------------------------------------------
+# scorer
+# --------------------------------------------------------------------------------------
+ACTIVATIONS = ("relu", "gelu", "elu", "selu", "tanh", "sigmoid", "swish", "leaky_relu", "linear")
+
+
+def _check_tower(dims: list[int], dropout: float, activation: str, key: str) -> None:
+    _check(len(dims) > 0 and all(d > 0 for d in dims), f"{key}", "hidden dims must be positive")
+    _check(0.0 <= dropout < 1.0, "scorer.dropout", "must be in [0, 1)")
+    _check(activation in ACTIVATIONS, "scorer.activation", f"{activation!r} not in {ACTIVATIONS}")
+
+
+@option("scorer", "dnn")
+@dataclass
+class DNNScorerConfig:
+    """TF Ranking's DNNScorer: a feed-forward tower over context + example features."""
+
+    kind: str = "dnn"
+    hidden_layer_dims: list[int] = field(default_factory=lambda: [256, 128, 64])
+    activation: str = "relu"
+    use_batch_norm: bool = True
+    input_batch_norm: bool = False
+    batch_norm_moment: float = 0.99
+    dropout: float = 0.2
+
+    def __post_init__(self):
+        _check_tower(self.hidden_layer_dims, self.dropout, self.activation, "scorer.hidden_layer_dims")
+        _check(0.0 < self.batch_norm_moment < 1.0, "scorer.batch_norm_moment", "must be in (0, 1)")
+
+
+@option("scorer", "gam")
+@dataclass
+class GAMScorerConfig:
+    """TF Ranking's GAMScorer: a neural generalized additive model (one sub-tower per feature)."""
+
+    kind: str = "gam"
+    example_hidden_layer_dims: list[int] = field(default_factory=lambda: [16, 8])
+    context_hidden_layer_dims: list[int] = field(default_factory=lambda: [16, 8])
+    activation: str = "relu"
+    use_batch_norm: bool = True
+    batch_norm_moment: float = 0.99
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        _check_tower(self.example_hidden_layer_dims, self.dropout, self.activation,
+                     "scorer.example_hidden_layer_dims")
+        _check_tower(self.context_hidden_layer_dims, self.dropout, self.activation,
+                     "scorer.context_hidden_layer_dims")
+
+
+@option("scorer", "linear")
+@dataclass
+class LinearScorerConfig:
+    """A univariate linear scorer: one weight per (preprocessed) feature."""
+
+    kind: str = "linear"
+    l2: float = 0.0
+
+    def __post_init__(self):
+        _check(self.l2 >= 0, "scorer.l2", "must be >= 0")
+
+
+@option("scorer", "custom")
+@dataclass
+class CustomScorerConfig:
+    """A user's scorer: ``target`` is an import path to a ``tfr.keras.model.Scorer`` class or
+    factory, called with ``kwargs``."""
+
+    kind: str = "custom"
+    target: str = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_import_path(self.target, "scorer.target")
+
+
+# --------------------------------------------------------------------------------------
+# loss
+# --------------------------------------------------------------------------------------
+LOSS_KEYS = (
+    "softmax_loss", "unique_softmax_loss", "calibrated_softmax_loss", "approx_ndcg_loss",
+    "approx_mrr_loss", "gumbel_approx_ndcg_loss", "pairwise_logistic_loss", "pairwise_hinge_loss",
+    "pairwise_soft_zero_one_loss", "pairwise_mse_loss", "yeti_logistic_loss", "list_mle_loss",
+    "sigmoid_cross_entropy_loss", "mean_squared_loss", "ordinal_loss", "coupled_rankdistil_loss",
+)
+LAMBDA_WEIGHTS = ("ndcg", "ndcg_v2", "dcg", "label_diff", "precision", "list_mle", "yeti_dcg")
+# Losses built on pairs or on a Plackett-Luce list model take a lambda weight.
+LAMBDA_LOSSES = (
+    "pairwise_logistic_loss", "pairwise_hinge_loss", "pairwise_soft_zero_one_loss",
+    "pairwise_mse_loss", "yeti_logistic_loss", "list_mle_loss", "softmax_loss",
+)
+
+
+@option("loss", *(k.removesuffix("_loss") for k in LOSS_KEYS))
+@dataclass
+class LossConfig:
+    """A TF Ranking Keras loss (``tfr.keras.losses.get`` key) with its lambda weight."""
+
+    key: str = "softmax_loss"
+    lambda_weight: Optional[str] = None
+    lambda_weight_topn: Optional[int] = None
+    temperature: Optional[float] = None
+    reduction: str = "auto"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check(self.key in LOSS_KEYS, "loss.key", f"{self.key!r} is not a TF Ranking loss key")
+        if self.lambda_weight is not None:
+            _check(self.lambda_weight in LAMBDA_WEIGHTS, "loss.lambda_weight",
+                   f"{self.lambda_weight!r} not in {LAMBDA_WEIGHTS}")
+            _check(self.key in LAMBDA_LOSSES, "loss.lambda_weight",
+                   f"{self.key} takes no lambda weight (only {', '.join(LAMBDA_LOSSES)})")
+        _check(self.lambda_weight_topn is None or self.lambda_weight_topn > 0,
+               "loss.lambda_weight_topn", "must be > 0")
+        _check(self.temperature is None or self.temperature > 0, "loss.temperature", "must be > 0")
+        _check(self.reduction in ("auto", "sum", "sum_over_batch_size", "none"), "loss.reduction",
+               f"{self.reduction!r} is not a Keras reduction")
+
+
+# --------------------------------------------------------------------------------------
+# optimizer
+# --------------------------------------------------------------------------------------
+SCHEDULES = ("constant", "exponential", "cosine", "cosine_restarts", "linear_warmup_cosine")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule over training steps (batches)."""
+
+    kind: str = "constant"
+    decay_steps: int = 1000
+    decay_rate: float = 0.9
+    alpha: float = 0.0
+    warmup_steps: int = 0
+    staircase: bool = False
+
+    def __post_init__(self):
+        _check(self.kind in SCHEDULES, "optimizer.schedule.kind", f"{self.kind!r} not in {SCHEDULES}")
+        _check(self.decay_steps > 0, "optimizer.schedule.decay_steps", "must be > 0")
+        _check(0 < self.decay_rate <= 1, "optimizer.schedule.decay_rate", "must be in (0, 1]")
+        _check(self.warmup_steps >= 0, "optimizer.schedule.warmup_steps", "must be >= 0")
+
+
+@option("optimizer", "adam", "adagrad", "sgd")
+@dataclass
+class OptimizerConfig:
+    """A Keras optimizer with its learning rate and schedule."""
+
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.0
+    nesterov: bool = False
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+    initial_accumulator_value: float = 0.1
+    clipnorm: Optional[float] = None
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self):
+        _check(self.name in ("adam", "adagrad", "sgd"), "optimizer.name", f"{self.name!r} not in adam, adagrad, sgd")
+        _check(math.isfinite(self.learning_rate) and self.learning_rate > 0, "optimizer.learning_rate",
+               f"must be > 0 (got {self.learning_rate})")
+        _check(0 <= self.momentum < 1, "optimizer.momentum", "must be in [0, 1)")
+        _check(self.clipnorm is None or self.clipnorm > 0, "optimizer.clipnorm", "must be > 0")
+        if isinstance(self.schedule, dict):  # built by hand rather than by OmegaConf
+            self.schedule = ScheduleConfig(**self.schedule)
+
+
+# --------------------------------------------------------------------------------------
+# strategy
+# --------------------------------------------------------------------------------------
+STRATEGIES = ("none", "mirrored", "multi_worker_mirrored", "parameter_server", "tpu")
+RUNNABLE_STRATEGIES = ("none", "mirrored")
+
+
+@option("strategy", *STRATEGIES)
+@dataclass
+class StrategyConfig:
+    """A ``tf.distribute`` strategy. Only ``none`` and ``mirrored`` run end to end so far."""
+
+    kind: str = "none"
+    devices: Optional[list[str]] = None
+    tpu: str = ""
+
+    def __post_init__(self):
+        _check(self.kind in STRATEGIES, "strategy.kind", f"{self.kind!r} not in {STRATEGIES}")
+        _check(self.kind in RUNNABLE_STRATEGIES, "strategy",
+               f"strategy={self.kind} is not supported yet in this version of ranking_exp "
+               f"(use {' or '.join(RUNNABLE_STRATEGIES)})")
+
+
+# --------------------------------------------------------------------------------------
+# sections of the root config (not groups)
+# --------------------------------------------------------------------------------------
+@dataclass
+class FeatureTransform:
+    """Per-feature preprocessing, applied in this order: signed log1p, standardize, clip.
+
+    ``standardize`` uses mean/variance computed on the training data (after log1p when both
+    are on); the statistics are constants inside the model, so serving applies them too.
+    """
+
+    log1p: bool = True
+    standardize: bool = False
+    clip_min: Optional[float] = None
+    clip_max: Optional[float] = None
+
+    def check(self, key: str) -> None:
+        if self.clip_min is not None and self.clip_max is not None:
+            _check(self.clip_min < self.clip_max, f"{key}.clip_min", "must be < clip_max")
+
+
+@dataclass
+class PreprocessConfig:
+    default: FeatureTransform = field(default_factory=FeatureTransform)
+    features: dict[str, FeatureTransform] = field(default_factory=dict)
+    # Import path of a tfr.keras.model.Preprocessor class/factory, called with
+    # (feature_spec=..., **custom_kwargs); replaces the per-feature transforms.
+    custom: Optional[str] = None
+    custom_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.default.check("preprocess.default")
+        for name, t in self.features.items():
+            t.check(f"preprocess.features.{name}")
+        if self.custom is not None:
+            _check_import_path(self.custom, "preprocess.custom")
+
+
+@dataclass
+class ModelConfig:
+    # Import path of a tfr.keras.model.AbstractModelBuilder class/factory, called with
+    # (feature_spec=..., **builder_kwargs); replaces input creator, preprocessor and scorer.
+    builder: Optional[str] = None
+    builder_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.builder is not None:
+            _check_import_path(self.builder, "model.builder")
+
+
+@dataclass
+class TensorBoardConfig:
+    enabled: bool = True
+    histogram_freq: int = 0
+    update_freq: str = "epoch"
+
+
+@dataclass
+class CheckpointConfig:
+    """Weights saved after each epoch (``checkpoints/last``) and on a new best validation
+    score (``checkpoints/best``), which is exported as the best model."""
+
+    enabled: bool = True
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    patience: int = 5
+    min_delta: float = 0.0
+    restore_best_weights: bool = False
+
+    def __post_init__(self):
+        _check(self.patience > 0, "callbacks.early_stopping.patience", "must be > 0")
+
+
+@dataclass
+class ReduceLRConfig:
+    enabled: bool = False
+    factor: float = 0.5
+    patience: int = 2
+    min_lr: float = 0.0
+
+    def __post_init__(self):
+        _check(0 < self.factor < 1, "callbacks.reduce_lr.factor", "must be in (0, 1)")
+        _check(self.patience > 0, "callbacks.reduce_lr.patience", "must be > 0")
+
+
+@dataclass
+class CallbacksConfig:
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    reduce_lr: ReduceLRConfig = field(default_factory=ReduceLRConfig)
+
+
+@dataclass
+class MetricsConfig:
+    """Ranking metrics reported every epoch on validation and at the end on test.
+
+    ``lists_without_relevant``: ``skip`` leaves queries with no relevant document out of
+    every metric's average (the LETOR/LightGBM convention used in our reference numbers);
+    ``zero`` counts them as 0 (TF Ranking's own default).
+    """
+
+    ndcg_topn: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
+    map: bool = True
+    mrr: bool = True
+    lists_without_relevant: str = "skip"
+    monitor: str = "ndcg_10"
+
+    def __post_init__(self):
+        _check(all(k > 0 for k in self.ndcg_topn), "metrics.ndcg_topn", "cut-offs must be > 0")
+        _check(self.lists_without_relevant in ("skip", "zero"), "metrics.lists_without_relevant",
+               "must be 'skip' or 'zero'")
+        names = self.names()
+        _check(self.monitor in names, "metrics.monitor", f"{self.monitor!r} not among {names}")
+
+    def names(self) -> list[str]:
+        return [f"ndcg_{k}" for k in self.ndcg_topn] + ["map"] * self.map + ["mrr"] * self.mrr
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    # None pads each batch to its longest list; an int pads/truncates every list to it.
+    list_size: Optional[int] = None
+    shuffle_buffer: int = 1000
+    steps_per_execution: int = 1
+    verbose: int = 2
+    deterministic: bool = True
+
+    def __post_init__(self):
+        _check(self.epochs > 0, "train.epochs", f"must be > 0 (got {self.epochs})")
+        _check(self.batch_size > 0, "train.batch_size", "must be > 0")
+        _check(self.eval_batch_size > 0, "train.eval_batch_size", "must be > 0")
+        _check(self.list_size is None or self.list_size > 0, "train.list_size", "must be > 0 or null")
+        _check(self.steps_per_execution > 0, "train.steps_per_execution", "must be > 0")
+        _check(self.verbose in (0, 1, 2), "train.verbose", "must be 0, 1 or 2")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow: one run per training. A relative sqlite path is relative to the launch dir."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "ranking_exp"
+    run_name: Optional[str] = None
+    log_model: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check(bool(self.experiment), "tracking.experiment", "must not be empty")
+
+
+@dataclass
+class ExportConfig:
+    best: bool = True
+
+
+@dataclass
+class RunConfig:
+    """The composed run. Group nodes are typed by their option's schema."""
+
+    dataset: Any = MISSING
+    scorer: Any = MISSING
+    loss: Any = MISSING
+    optimizer: Any = MISSING
+    strategy: Any = MISSING
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    seed: int = 42
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+    def __post_init__(self):
+        if self.callbacks.reduce_lr.enabled and self.optimizer.schedule.kind != "constant":
+            raise ConfigError("callbacks.reduce_lr: cannot be combined with optimizer.schedule "
+                              f"'{self.optimizer.schedule.kind}' (both set the learning rate)")
+
+
+GROUPS = ("dataset", "scorer", "loss", "optimizer", "strategy")
+
+
+def register_configs() -> None:
+    """Stores every schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    for group, options in REGISTRY.items():
+        for name, cls in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=cls)
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Resolves and validates a composed config into :class:`RunConfig` objects.
+
+    Raises ConfigError with the offending key; this runs before TensorFlow is imported.
+    """
+    try:
+        run = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        raise ConfigError(one_line_omegaconf_error(e)) from None
+    except (ValueError, TypeError) as e:  # __post_init__ of nested objects built by OmegaConf
+        raise ConfigError(str(e).splitlines()[0]) from None
+    for group in GROUPS:
+        node = getattr(run, group)
+        _check(dataclasses.is_dataclass(node), group, "missing: choose an option of this group")
+        _check(_GROUP_OF.get(type(node)) == group, group, f"{type(node).__name__} is not a {group} option")
+    return run
+
+
+def one_line_omegaconf_error(e: OmegaConfBaseException) -> str:
+    """``full.key: problem`` from an OmegaConf error (which spans several lines)."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    msg = str(e).splitlines()[0].strip() if str(e) else type(e).__name__
+    key = getattr(e, "full_key", None)
+    if isinstance(e, MissingMandatoryValue) and key:
+        return f"{key}: required but not set (add {key}=... to the command line)"
+    return f"{key}: {msg}" if key else msg
+
+
+def expand_path(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))

@@ -1,0 +1,134 @@
+"""One run, start to end: data -> model -> train -> export -> evaluate -> record.
+
+Data flows one way through the rooms: ``data`` prepares ELWC shards and the FeatureSpec,
+``model`` builds the Keras ranker from the spec, ``train`` runs TF Ranking's pipeline and
+exports, ``tracking`` records it all in MLflow. The returned objective (the best validation
+value of ``metrics.monitor``) is what Hydra sweepers optimize.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ranking_exp.config import CustomScorerConfig, RunConfig
+from ranking_exp.data.sources import prepare
+from ranking_exp.errors import UserError
+from ranking_exp.plugins import load_callable
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError):
+    """The loss or the validation metric became NaN/inf: lower the learning rate."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_id: str
+    output_dir: str
+    objective: float
+    metrics: dict[str, float]
+    exports: dict[str, str]
+    model_uri: str | None
+
+
+def check_plugins(run: RunConfig) -> None:
+    """Imports every user-code path named in the config, before any data work."""
+    if isinstance(run.scorer, CustomScorerConfig):
+        load_callable(run.scorer.target, "scorer.target")
+    if run.preprocess.custom:
+        load_callable(run.preprocess.custom, "preprocess.custom")
+    if run.model.builder:
+        load_callable(run.model.builder, "model.builder")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def run_training(run: RunConfig, cfg: DictConfig, *, launch_dir: str, run_name: str | None = None,
+                 tags: dict[str, str] | None = None, hydra_dir: str | None = None) -> RunResult:
+    check_plugins(run)
+    data = prepare(run.dataset)  # user data errors surface here, before any MLflow run exists
+
+    from ranking_exp.tracking import Tracker
+
+    tracker = Tracker(run.tracking.uri, run.tracking.experiment, launch_dir)
+    tags = {**run.tracking.tags, **(tags or {}), "output_dir": run.output_dir, "data": str(data.root)}
+    with tracker.start_run(run.tracking.run_name or run_name, tags) as run_id:
+        tracker.log_params(OmegaConf.to_container(cfg, resolve=True))
+        if hydra_dir:
+            tracker.log_artifacts(hydra_dir, "hydra")  # composed config, overrides, hydra.yaml
+        result = _train_and_record(run, data, tracker)
+    result.run_id = run_id
+    return result
+
+
+def _train_and_record(run: RunConfig, data, tracker) -> RunResult:
+    import tensorflow as tf  # noqa: F401  (first import of TensorFlow in a run)
+
+    from ranking_exp.data.builder import RankingDatasetBuilder
+    from ranking_exp.model.builder import build_model_builder
+    from ranking_exp.train.pipeline import RankingPipeline
+
+    seed_everything(run.seed, run.train.deterministic)
+    started = time.time()
+    datasets = RankingDatasetBuilder(data, run.train, run.seed)
+    model_builder = build_model_builder(run, data.spec, lambda: datasets.build_split_dataset("train"))
+    pipeline = RankingPipeline(model_builder, datasets, run, extra_callbacks=[tracker.keras_callback()])
+    pipeline.train_and_validate(verbose=run.train.verbose)
+    train_seconds = time.time() - started
+
+    metrics: dict[str, float] = {}
+    for split, prefix in (("vali", "best_val_"), ("test", "test_")):
+        dataset = datasets.build_split_dataset(split)
+        if dataset is not None:
+            metrics.update({prefix + k: v for k, v in pipeline.evaluate(dataset).items()})
+    objective = metrics.get(f"best_val_{run.metrics.monitor}", float("nan"))
+    if not math.isfinite(objective):
+        raise TrainingDiverged(f"training diverged: validation {run.metrics.monitor} is {objective} "
+                               f"(try a lower optimizer.learning_rate than {run.optimizer.learning_rate})")
+    metrics["train_seconds"] = train_seconds
+    tracker.log_metrics(metrics)
+
+    model_uri = None
+    model_dir = pipeline.exports.get("best") or pipeline.exports["last"]
+    if run.tracking.log_model:
+        model_uri = tracker.log_ranker(model_dir, data.spec.to_dict())
+    tracker.log_artifacts(os.path.join(run.output_dir, "tensorboard"), "tensorboard")
+    result = RunResult(run_id="", output_dir=run.output_dir, objective=objective, metrics=metrics,
+                       exports=dict(pipeline.exports), model_uri=model_uri)
+    _write_results(result, run, model_dir)
+    return result
+
+
+def _write_results(result: RunResult, run: RunConfig, model_dir: str) -> None:
+    path = Path(run.output_dir) / "results.json"
+    payload: dict[str, Any] = dataclasses.asdict(result)
+    payload["model_dir"] = model_dir
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def summary_table(result: RunResult) -> str:
+    """The final metrics as a small text table (validation of the best model and test)."""
+    names = sorted({k.split("_", 2)[-1] if k.startswith("best_val_") else k[len("test_"):]
+                    for k in result.metrics if k.startswith(("best_val_", "test_"))},
+                   key=lambda n: (n[:4] != "ndcg", int(n[5:]) if n.startswith("ndcg_") else 0, n))
+    rows = [f"{'metric':<10} {'vali':>8} {'test':>8}"]
+    for n in names:
+        v = result.metrics.get(f"best_val_{n}")
+        t = result.metrics.get(f"test_{n}")
+        rows.append(f"{n:<10} {'' if v is None else f'{v:8.4f}':>8} {'' if t is None else f'{t:8.4f}':>8}")
+    return "\n".join(rows)

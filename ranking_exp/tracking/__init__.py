@@ -1,0 +1,158 @@
+"""MLflow tracking: the only place (with its pyfunc model file) that imports mlflow.
+
+One MLflow run per training: params are the flattened composed config, metrics come every
+epoch from a Keras callback and at the end from the test split, artifacts are the model
+(a pyfunc wrapping the SavedModel, loadable with ``mlflow.pyfunc.load_model``), the Hydra
+config and overrides, and the TensorBoard logs. A run that raises is marked FAILED.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
+MODEL_NAME = "model"
+
+
+def resolve_uri(uri: str, launch_dir: str | os.PathLike) -> str:
+    """Makes a relative ``sqlite:///x.db`` (or plain path) absolute against the launch dir."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str((Path(launch_dir) / uri[len("sqlite:///"):]).resolve())
+    if "://" not in uri and not uri.startswith("/"):
+        return str((Path(launch_dir) / uri).resolve())
+    return uri
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}} -> {"a.b": "1"}``; lists are kept whole as their text."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def finite_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, launch_dir: str | os.PathLike):
+        self.uri = resolve_uri(uri, launch_dir)
+        self.experiment = experiment
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self._create_experiment(launch_dir)
+        self.run_id: str | None = None
+
+    def _create_experiment(self, launch_dir) -> str:
+        artifact_location = None
+        if self.uri.startswith("sqlite:///"):
+            # Artifacts beside the database, not in whichever directory a later run starts from.
+            db_dir = Path(self.uri[len("sqlite:///"):]).parent
+            artifact_location = (db_dir / "mlartifacts").as_uri()
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel job
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    @contextlib.contextmanager
+    def start_run(self, run_name: str | None, tags: Mapping[str, str] | None = None,
+                  nested: bool = False) -> Iterator[str]:
+        """An active run; FAILED if the body raises, KILLED on Ctrl-C, FINISHED otherwise."""
+        run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=dict(tags or {}),
+                               nested=nested)
+        self.run_id = run.info.run_id
+        try:
+            yield self.run_id
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")
+            raise
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+        else:
+            mlflow.end_run("FINISHED")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        flat = flatten(params)
+        items = list(flat.items())
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i:i + 100]))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
+        mlflow.log_metrics({f"{prefix}{k}": v for k, v in finite_metrics(metrics).items()}, step=step)
+
+    def log_artifacts(self, local_dir: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if Path(local_dir).exists():
+            mlflow.log_artifacts(str(local_dir), artifact_path)
+
+    def log_artifact(self, local_file: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if Path(local_file).exists():
+            mlflow.log_artifact(str(local_file), artifact_path)
+
+    def log_ranker(self, export_dir: str, feature_spec: Mapping[str, Any]) -> str:
+        """Logs the SavedModel as a pyfunc model; returns its ``runs:/`` URI."""
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        columns = [ColSpec("string", "qid", required=False)]
+        for f in feature_spec["context"] + feature_spec["example"]:
+            columns.append(ColSpec("double", f["name"], required=f["default"] is None))
+        signature = ModelSignature(inputs=Schema(columns),
+                                   outputs=Schema([ColSpec("float", "score"), ColSpec("long", "rank")]))
+        mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(PYFUNC_CODE),
+            artifacts={"saved_model": export_dir},
+            signature=signature,
+            pip_requirements=_requirements(),
+        )
+        return f"runs:/{self.run_id}/{MODEL_NAME}"
+
+    def keras_callback(self):
+        """A Keras callback that logs every epoch's logs (train and ``val_`` metrics)."""
+        import tensorflow as tf
+
+        tracker = self
+
+        class MlflowEpochLogger(tf.keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                metrics = dict(logs or {})
+                lr = getattr(self.model.optimizer, "learning_rate", None)
+                with contextlib.suppress(Exception):
+                    metrics["learning_rate"] = float(tf.keras.backend.get_value(
+                        lr(self.model.optimizer.iterations) if callable(lr) else lr))
+                tracker.log_metrics(metrics, step=epoch)
+
+        return MlflowEpochLogger()
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pins = []
+    for dist in ("tensorflow", "tensorflow-ranking", "numpy", "pandas", "mlflow"):
+        with contextlib.suppress(Exception):
+            pins.append(f"{dist}=={version(dist)}")
+    return pins
+
+
+def download_model(uri: str, tracking_uri: str | None, launch_dir: str | os.PathLike, dst: str) -> str:
+    """Local SavedModel directory for a ``runs:/``/``models:/``/``mlflow-artifacts:`` URI."""
+    if tracking_uri:
+        mlflow.set_tracking_uri(resolve_uri(tracking_uri, launch_dir))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
+    saved = Path(local) / "artifacts" / "saved_model"
+    return str(saved if saved.is_dir() else local)

@@ -1,0 +1,38 @@
+"""Bookkeeping callbacks from the ``callbacks`` config: TensorBoard, checkpoints, early
+stopping, learning-rate reduction. All watch ``val_<metrics.monitor>`` (higher is better)."""
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from ranking_exp.config import RunConfig
+
+BEST_CHECKPOINT_DIR = "best_checkpoint"  # where TF Ranking's pipeline looks for the best weights
+
+
+def build_callbacks(run: RunConfig, model_dir: str) -> list[tf.keras.callbacks.Callback]:
+    c = run.callbacks
+    monitor = f"val_{run.metrics.monitor}"
+    out: list[tf.keras.callbacks.Callback] = []
+    if c.tensorboard.enabled:
+        out.append(tf.keras.callbacks.TensorBoard(
+            os.path.join(model_dir, "tensorboard"), histogram_freq=c.tensorboard.histogram_freq,
+            update_freq=c.tensorboard.update_freq, profile_batch=0))
+    if c.checkpoint.enabled:
+        out.append(tf.keras.callbacks.ModelCheckpoint(
+            os.path.join(model_dir, "checkpoints", "last"), save_weights_only=True))
+    if run.export.best:
+        out.append(tf.keras.callbacks.ModelCheckpoint(
+            os.path.join(model_dir, BEST_CHECKPOINT_DIR, "ckpt-{epoch:04d}"), monitor=monitor, mode="max",
+            save_weights_only=True, save_best_only=True))
+    if c.early_stopping.enabled:
+        out.append(tf.keras.callbacks.EarlyStopping(
+            monitor=monitor, mode="max", patience=c.early_stopping.patience,
+            min_delta=c.early_stopping.min_delta, restore_best_weights=c.early_stopping.restore_best_weights))
+    if c.reduce_lr.enabled:
+        out.append(tf.keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, mode="max", factor=c.reduce_lr.factor, patience=c.reduce_lr.patience,
+            min_lr=c.reduce_lr.min_lr))
+    out.append(tf.keras.callbacks.TerminateOnNaN())
+    return out

@@ -1,0 +1,47 @@
+"""The ``optimizer`` group: a Keras optimizer and its learning-rate schedule."""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from ranking_exp.config import OptimizerConfig, ScheduleConfig
+
+
+class LinearWarmup(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 over ``warmup_steps``, then ``after``."""
+
+    def __init__(self, peak: float, warmup_steps: int, after):
+        self.peak, self.warmup_steps, self.after = peak, warmup_steps, after
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1.0) / float(max(self.warmup_steps, 1))
+        return tf.where(step < self.warmup_steps, warm, self.after(step - self.warmup_steps))
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "after": tf.keras.optimizers.schedules.serialize(self.after)}
+
+
+def learning_rate(lr: float, s: ScheduleConfig):
+    sched = tf.keras.optimizers.schedules
+    if s.kind == "constant":
+        return lr
+    if s.kind == "exponential":
+        return sched.ExponentialDecay(lr, s.decay_steps, s.decay_rate, staircase=s.staircase)
+    if s.kind == "cosine":
+        return sched.CosineDecay(lr, s.decay_steps, alpha=s.alpha)
+    if s.kind == "cosine_restarts":
+        return sched.CosineDecayRestarts(lr, s.decay_steps, alpha=s.alpha)
+    # linear_warmup_cosine
+    return LinearWarmup(lr, s.warmup_steps, sched.CosineDecay(lr, s.decay_steps, alpha=s.alpha))
+
+
+def build_optimizer(cfg: OptimizerConfig) -> tf.keras.optimizers.Optimizer:
+    lr = learning_rate(cfg.learning_rate, cfg.schedule)
+    common = {"learning_rate": lr, "clipnorm": cfg.clipnorm}
+    if cfg.name == "adam":
+        return tf.keras.optimizers.Adam(beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon, **common)
+    if cfg.name == "adagrad":
+        return tf.keras.optimizers.Adagrad(initial_accumulator_value=cfg.initial_accumulator_value,
+                                           epsilon=cfg.epsilon, **common)
+    return tf.keras.optimizers.SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **common)

@@ -1,0 +1,18 @@
+"""Shared fixtures: the MQ2008 folds from ../shared (skipped with a reason where absent)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MQ2008 = Path(os.environ.get("RANKING_EXP_MQ2008", REPO.parent / "shared" / "data" / "MQ2008"))
+
+
+@pytest.fixture(scope="session")
+def mq2008_fold1() -> Path:
+    fold = MQ2008 / "Fold1"
+    if not (fold / "train.txt.gz").exists():
+        pytest.skip(f"MQ2008 not found at {MQ2008} (set RANKING_EXP_MQ2008 to its folder)")
+    return fold
