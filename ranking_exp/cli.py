@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from hydra import compose, initialize_config_module  # noqa: E402
 from hydra._internal.utils import get_args_parser  # noqa: E402
@@ -89,6 +90,16 @@ def preflight(config_name: str, overrides: Sequence[str], multirun: bool,
             check(cfg)
 
 
+def quiet_libraries() -> None:
+    """TF Ranking logs every input tensor and TensorFlow every traced function at INFO."""
+    import warnings
+
+    for name in ("absl", "tensorflow", "h5py"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def run_hydra_app(task: Callable[[DictConfig], object], config_name: str,
                   check: Callable[[DictConfig], object] = to_run_config) -> None:
     """Preflight, then hand over to ``@hydra.main`` with ``task``."""
@@ -105,6 +116,7 @@ def run_hydra_app(task: Callable[[DictConfig], object], config_name: str,
 
     @hydra.main(version_base="1.3", config_path="conf", config_name=config_name)
     def _main(cfg: DictConfig):
+        quiet_libraries()
         try:
             return task(cfg)
         except UserError as e:

@@ -56,6 +56,8 @@ def shard_name(split: str, i: int, n: int) -> str:
 
 
 def _varint(n: int) -> bytes:
+    if 0 <= n < 0x4000:  # the common case: lengths of examples and entries
+        return bytes((n,)) if n < 0x80 else bytes((n & 0x7F | 0x80, n >> 7))
     n &= (1 << 64) - 1  # negative int64 values take ten bytes, as in protobuf
     out = bytearray()
     while True:
@@ -104,10 +106,10 @@ class _Encoder:
         self.owner = np.asarray(owner, dtype=np.int64)
 
     def rows(self, float_values: np.ndarray, float_present: np.ndarray | None,
-             int_values: Sequence[np.ndarray]) -> list[bytes]:
+             int_values: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[bytes]:
         """``float_values``: (n, total float width) in ``self.floats`` order; ``float_present``:
-        (n, len(self.floats)) bool or None (all present); ``int_values``: per int feature (n, size).
-        Returns the serialized ``Example`` of each row."""
+        (n, len(self.floats)) bool or None (all present); ``int_values``: per int feature,
+        ``(values (n, size), present (n,))``. Returns the serialized ``Example`` of each row."""
         n = float_values.shape[0]
         full = np.tile(self.template, (n, 1))
         if len(self.value_cols):
@@ -120,7 +122,7 @@ class _Encoder:
         if self.ints:
             for d in range(n):
                 payloads[d] += b"".join(_entry(f.name, _int64_feature(v[d].tolist()))
-                                        for f, v in zip(self.ints, int_values))
+                                        for f, (v, p) in zip(self.ints, int_values) if p[d])
         return [_field(1, p) for p in payloads]  # Example.features
 
 
@@ -277,12 +279,7 @@ class ElwcWriter:
         float_rows = [by_name[f.name][0] for f in enc.floats]
         float_values = np.concatenate(float_rows, axis=1) if float_rows else np.zeros((n, 0))
         float_present = np.stack([by_name[f.name][1] for f in enc.floats], axis=1) if enc.floats else None
-        ints = []
-        for f in enc.ints:
-            r, m = by_name[f.name]
-            if not m.all():
-                raise ValueError(f"int64 feature {f.name}: absent values are not supported by the writer")
-            ints.append(np.rint(r).astype(np.int64))
+        ints = [(np.rint(by_name[f.name][0]).astype(np.int64), by_name[f.name][1]) for f in enc.ints]
         return enc.rows(float_values, float_present, ints)
 
     def close(self) -> SplitInfo:

@@ -84,8 +84,14 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
         return build_callbacks(self._run, self._hparams.model_dir) + self._extra_callbacks
 
     def export_saved_model(self, model, export_to, checkpoint=None):
-        """TF Ranking's export, plus the feature spec beside it (the serving format)."""
-        super().export_saved_model(model, export_to, checkpoint)
+        """TF Ranking's export, plus the feature spec beside it (the serving format).
+
+        ``save_traces=False``: the signatures serve the model, and skipping Keras' per-layer
+        traces halves export time.
+        """
+        if checkpoint:
+            model.load_weights(checkpoint)
+        model.save(filepath=export_to, signatures=self._dataset_builder.build_signatures(model), save_traces=False)
         self._dataset_builder.spec.save(export_to)
         self.model = model  # holds the best weights after the best export
         kind = "best" if checkpoint else "last"
