@@ -16,3 +16,13 @@ def mq2008_fold1() -> Path:
     if not (fold / "train.txt.gz").exists():
         pytest.skip(f"MQ2008 not found at {MQ2008} (set RANKING_EXP_MQ2008 to its folder)")
     return fold
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory) -> Path:
+    """One converted-data cache for the whole session (entries are keyed by content)."""
+    path = tmp_path_factory.mktemp("ranking_exp_cache")
+    os.environ["RANKING_EXP_CACHE_DIR"] = str(path)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return path

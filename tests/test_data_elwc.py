@@ -4,7 +4,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,9 +168,6 @@ def test_stale_temp_dir_of_dead_process_is_ignored_and_removed(fold, tmp_path):
     cache = tmp_path / "cache"
     data = convert_letor(fold, cache, progress=False)
     key = data.root.name
-    import shutil
-    import socket
-
     shutil.rmtree(data.root)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = cache / f"{key}.tmp-{socket.gethostname()}-{int(dead.stdout)}-abcd1234"
@@ -289,7 +288,7 @@ def test_writer_general_spec_matches_protobuf(tmp_path):
     lists = [
         ({"lang": [-3], "qvec": [1.5, -2.0]},
          {"score": [0.25, 9.0], "pos": [1, 2], "emb": [[1, 2, 3], [4, 5, 6]]}, [1.0, 0.0], {"score": [True, False]}),
-        ({"qvec": [0.0, 1.0]}, {"score": [7.0], "pos": [2 ** 40], "emb": [[0, 0, 1]]}, [3.0], None),
+        ({"qvec": [0.0, 1.0]}, {"score": [7.0], "pos": [2 ** 62 + 1], "emb": [[0, 0, 1]]}, [3.0], None),
     ]
     with ElwcWriter(spec, tmp_path, "train", num_shards=1, with_stats=True) as w:
         for context, examples, labels, present in lists:
@@ -316,12 +315,24 @@ def test_writer_general_spec_matches_protobuf(tmp_path):
     assert examples["emb"].tolist() == [[1, 2, 3], [4, 5, 6]]
     assert labels.tolist() == [1.0, 0.0]
     context, examples, labels = got[1]
-    assert context["lang"].tolist() == [0] and examples["pos"].tolist() == [[2 ** 40]]
+    assert context["lang"].tolist() == [0] and examples["pos"].tolist() == [[2 ** 62 + 1]]
     # Stats: absent documents count with their default; vectors pool their values.
     assert w.stats["score"].mean == pytest.approx((0.25 + 0.5 + 7.0) / 3)
     assert w.stats["emb"].count == 9 and w.stats["emb"].max == 6.0
     assert w.stats["lang"].count == 2 and w.stats["lang"].min == -3.0
     assert w.stats["qvec"].mean == pytest.approx(0.125)
+
+
+def test_required_example_feature_with_ragged_lists(tmp_path):
+    """TF Ranking pads lists with empty examples; a required feature must still read back."""
+    spec = FeatureSpec(context=(), example=(Feature("pos", "int64", (1,), None),))
+    with ElwcWriter(spec, tmp_path, "train") as w:
+        w.write({"pos": np.array([1, 2])}, np.array([1.0, 0.0]))
+        w.write({"pos": np.array([3])}, np.array([1.0]))
+        info = w.close()
+    got = [(e["pos"][:, 0].tolist(), labels.tolist()) for _, e, labels in read_elwc(info.files, spec)]
+    assert got == [([1, 2], [1.0, 0.0]), ([3], [1.0])]
+    assert compute_stats(info.files, spec)["pos"].mean == 2.0
 
 
 def test_stats_are_stable_for_large_offsets(tmp_path):

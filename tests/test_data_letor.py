@@ -90,6 +90,7 @@ BAD_CASES = [
     (GOOD + "1 qid:1 -2:0.5\n", 3, "feature index -2 must be a positive integer (indices start at 1)"),
     (GOOD + "1 qid:1 1.5:0.5\n", 3, "feature index '1.5' is not an integer"),
     (GOOD + "1 qid:1 a:0.5\n", 3, "feature index 'a' is not an integer"),
+    (GOOD + "1 qid:1 +4:0.5\n", 3, "feature index '+4' must be written with digits only"),
     (GOOD + "1 qid:1 7\n", 3, "'7' is not INDEX:VALUE"),
     (GOOD + "1 qid:1 7:1:2\n", 3, "'7:1:2' is not INDEX:VALUE"),
     (GOOD + "nan qid:1 1:0.5\n", 3, "label 'nan' is not finite"),

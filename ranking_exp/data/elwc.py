@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -248,27 +249,27 @@ class ElwcWriter:
         self.num_docs += n
 
     def _columns(self, features: Sequence[Feature], values: dict, present: dict, n: int):
-        """Per feature: (n, size) float64 values (defaults where absent) and (n,) presence."""
+        """Per feature: (n, size) values as stored (float32 rounded to float64, or int64;
+        the default where absent) and (n,) presence."""
         rows, masks = [], []
         for f in features:
             v = values.pop(f.name, None)
+            p = present.pop(f.name, None)
+            stored = np.int64 if f.dtype == "int64" else np.float32
+            default = stored(0 if f.default is None else f.default)
             if v is None:
                 if f.default is None:
                     raise ValueError(f"feature {f.name} has no default and was not given")
-                rows.append(np.full((n, f.size), float(f.default)))
-                masks.append(np.zeros(n, dtype=bool))
-                continue
-            v = np.asarray(v, dtype=np.float64).reshape(n, f.size)
-            p = present.pop(f.name, None)
-            if p is None:
-                masks.append(np.ones(n, dtype=bool))
+                v, p = np.full((n, f.size), default), np.zeros(n, dtype=bool)
             else:
-                p = np.asarray(p, dtype=bool).reshape(n)
-                if f.default is None and not p.all():
-                    raise ValueError(f"feature {f.name} has no default but is absent in some rows")
-                v = np.where(p[:, None], v, float(f.default if f.default is not None else 0.0))
-                masks.append(p)
-            rows.append(v)
+                v = np.asarray(v).reshape(n, f.size).astype(stored)
+                p = np.ones(n, dtype=bool) if p is None else np.asarray(p, dtype=bool).reshape(n)
+                if not p.all():
+                    if f.default is None:
+                        raise ValueError(f"feature {f.name} has no default but is absent in some rows")
+                    v = np.where(p[:, None], v, default)
+            rows.append(v if f.dtype == "int64" else v.astype(np.float64))
+            masks.append(p)
         if values or present:
             raise ValueError(f"features not in the spec: {sorted(set(values) | set(present))}")
         return rows, masks
@@ -279,7 +280,7 @@ class ElwcWriter:
         float_rows = [by_name[f.name][0] for f in enc.floats]
         float_values = np.concatenate(float_rows, axis=1) if float_rows else np.zeros((n, 0))
         float_present = np.stack([by_name[f.name][1] for f in enc.floats], axis=1) if enc.floats else None
-        ints = [(np.rint(by_name[f.name][0]).astype(np.int64), by_name[f.name][1]) for f in enc.ints]
+        ints = [by_name[f.name] for f in enc.ints]
         return enc.rows(float_values, float_present, ints)
 
     def close(self) -> SplitInfo:
@@ -321,6 +322,10 @@ def _batches(files: Sequence[str], spec: FeatureSpec, batch_size: int) -> Iterat
             mask_feature_name=spec.mask_name,
         )
 
+    if any(f.default is None for f in spec.example):
+        # TF Ranking pads short lists with empty examples, which fail a required feature;
+        # one list per batch means no padding, so the check sees real documents only.
+        batch_size = 1
     # One dataset over all files: tracing the parser per file would cost ~1 s each.
     ds = tf.data.TFRecordDataset(list(files)).batch(batch_size).map(parse).prefetch(2)
     start = 0
@@ -330,12 +335,19 @@ def _batches(files: Sequence[str], spec: FeatureSpec, batch_size: int) -> Iterat
             yield batch
     except tf.errors.OpError as e:
         file, record = _locate(files, start)
-        msg = " ".join(str(e.message).split())[:300]
+        msg = _tf_message(e)
         hint = ""
         if spec.label.name in msg:
             hint = f" (is the label stored as {spec.label.dtype}, named '{spec.label.name}'?)"
         raise DataError(f"{file}: record {record} or one of the {batch_size - 1} after it: "
                         f"not ELWC matching the feature spec{hint}: {msg}") from None
+
+
+def _tf_message(e: Exception) -> str:
+    """TF's error text on one line, without graph node names and op decorations."""
+    msg = str(getattr(e, "message", e))
+    msg = re.sub(r"\{\{[^}]*\}\}|\[\[[^\]]*\]\]|\[Op:[^\]]*\].*", " ", msg, flags=re.S)
+    return " ".join(msg.split())[:300]
 
 
 def _locate(files: Sequence[str], record: int) -> tuple[str, int]:
@@ -476,7 +488,7 @@ def build_cached(cache_root: str | Path, key: str, build: Callable[[Path], Prepa
     process is removed by the next call on the same host. ``metadata.json`` present means
     complete.
     """
-    cache_root = Path(cache_root)
+    cache_root = Path(cache_root).resolve()  # stored paths must survive a chdir
     final = cache_root / key
     if (final / METADATA_FILE).is_file():
         log.info("reusing prepared data %s", final)

@@ -255,6 +255,8 @@ def _diagnose(where: str, pairs: list[bytes]) -> None:
             raise DataError(f"{where}: feature index {_show(k)} is not an integer") from None
         if index <= 0:
             raise DataError(f"{where}: feature index {index} must be a positive integer (indices start at 1)")
+        if not k.isdigit():  # "+1", " 1": accepted by int(), not by LibSVM
+            raise DataError(f"{where}: feature index {_show(k)} must be written with digits only")
         _number(where, v, f"feature {index} value")
     raise DataError(f"{where}: malformed feature list")  # not reached for any known input
 

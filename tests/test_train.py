@@ -1,0 +1,149 @@
+"""Short real runs in-process: each scorer, plug-ins, seeds, strategies, failure states."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from mlflow.tracking import MlflowClient
+
+from ranking_exp.errors import ConfigError
+from ranking_exp.experiment import run_training
+from tests.helpers import TINY, compose_run
+
+
+@pytest.fixture(autouse=True)
+def fresh_keras():
+    tf.keras.backend.clear_session()
+    yield
+
+
+def train(tmp_path: Path, overrides: list[str]):
+    run, cfg = compose_run(tmp_path, [*TINY, *overrides])
+    return run, run_training(run, cfg, launch_dir=str(tmp_path), run_name="test")
+
+
+def mlflow_run(tmp_path: Path, run_id: str):
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+
+
+@pytest.mark.parametrize("scorer", ["dnn", "gam", "linear"])
+def test_short_run_per_scorer_trains_exports_and_records(tmp_path, scorer):
+    overrides = [f"scorer={scorer}"] + (["scorer.hidden_layer_dims=[16,8]"] if scorer == "dnn" else [])
+    overrides = [o for o in [*TINY, *overrides] if scorer == "dnn" or not o.startswith("scorer.hidden")]
+    run, cfg = compose_run(tmp_path, overrides)
+    result = run_training(run, cfg, launch_dir=str(tmp_path), run_name="test")
+    for kind in ("last", "best"):
+        export = Path(result.exports[kind])
+        assert (export / "saved_model.pb").exists() and (export / "feature_spec.json").exists()
+    assert {f"test_ndcg_{k}" for k in (1, 3, 5, 10)} | {"test_map", "test_mrr"} <= set(result.metrics)
+    assert all(math.isfinite(v) for v in result.metrics.values())
+    assert result.objective == result.metrics["best_val_ndcg_10"]
+    saved = json.loads((Path(run.output_dir) / "results.json").read_text())
+    assert saved["metrics"]["test_ndcg_10"] == pytest.approx(result.metrics["test_ndcg_10"])
+    r = mlflow_run(tmp_path, result.run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["scorer.kind"] == scorer
+    history = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_metric_history(result.run_id, "val_ndcg_10")
+    assert [m.step for m in history] == [0, 1]
+
+
+def test_best_export_holds_the_best_epoch_weights(tmp_path):
+    run, result = train(tmp_path, ["train.epochs=3", "optimizer.learning_rate=0.05"])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    per_epoch = [m.value for m in client.get_metric_history(result.run_id, "val_ndcg_10")]
+    assert result.metrics["best_val_ndcg_10"] == pytest.approx(max(per_epoch), abs=1e-4)
+
+
+def test_same_seed_repeats_and_another_seed_differs(tmp_path):
+    _, a = train(tmp_path / "a", ["seed=3", "tracking.log_model=false"])
+    _, b = train(tmp_path / "b", ["seed=3", "tracking.log_model=false"])
+    _, c = train(tmp_path / "c", ["seed=4", "tracking.log_model=false"])
+    assert a.metrics["test_ndcg_10"] == b.metrics["test_ndcg_10"]
+    assert a.metrics["best_val_map"] == b.metrics["best_val_map"]
+    assert a.metrics["test_ndcg_10"] != c.metrics["test_ndcg_10"]
+
+
+def test_a_crash_inside_the_run_marks_it_failed(tmp_path):
+    run, cfg = compose_run(tmp_path, [*TINY, "scorer=custom", "scorer.target=tests.plugins.ExplodingScorer"])
+    with pytest.raises(RuntimeError, match="boom"):
+        run_training(run, cfg, launch_dir=str(tmp_path), run_name="crash")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ranking_exp").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["scorer=custom", "scorer.target=tests.plugins.TinyScorer", "+scorer.kwargs.units=3"],
+    ["preprocess.custom=tests.plugins.clipping_preprocessor", "+preprocess.custom_kwargs.limit=2.0"],
+    ["model.builder=tests.plugins.WrappedKerasModel", "+model.builder_kwargs.units=4"],
+], ids=["scorer", "preprocessor", "model_builder"])
+def test_user_code_plugs_in_by_import_path(tmp_path, overrides):
+    run, result = train(tmp_path, [*overrides, "tracking.log_model=false", "export.best=false"])
+    assert math.isfinite(result.metrics["test_ndcg_10"])
+    loaded = tf.saved_model.load(result.exports["last"])
+    assert "serving_features" in loaded.signatures
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["scorer=custom", "scorer.target=tests.plugins.Missing"], "scorer.target: cannot import 'tests.plugins.Missing'"),
+    (["scorer=custom", "scorer.target=no_such_pkg.Scorer"], "scorer.target: cannot import 'no_such_pkg.Scorer'"),
+    (["model.builder=tests.plugins.NOT_CALLABLE"], "model.builder: 'tests.plugins.NOT_CALLABLE' is a int"),
+    (["preprocess.features={nope: {standardize: true}}"], "preprocess.features.nope: no such feature"),
+])
+def test_bad_user_code_or_feature_names_fail_at_start(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(tmp_path, overrides)
+    assert not (tmp_path / "run" / "export").exists()
+
+
+def test_standardization_uses_training_statistics(tmp_path):
+    from ranking_exp.config import FeatureTransform
+    from ranking_exp.data.builder import RankingDatasetBuilder
+    from ranking_exp.data.elwc import read_elwc
+    from ranking_exp.data.sources import prepare
+    from ranking_exp.model.preprocess import fit_standardization, signed_log1p
+
+    run, _ = compose_run(tmp_path, TINY)
+    data = prepare(run.dataset)
+    builder = RankingDatasetBuilder(data, run.train, seed=0)
+    name = data.spec.example_names[0]
+    stats = fit_standardization(builder.build_split_dataset("train"), data.spec,
+                                {name: FeatureTransform(log1p=True, standardize=True)})
+    values = np.concatenate([ex[name].reshape(-1) for _, ex, _ in read_elwc(data.split("train").files, data.spec)])
+    expected = signed_log1p(tf.constant(values, tf.float64)).numpy()
+    mean, std = stats[name]
+    assert mean[0] == pytest.approx(expected.mean(), rel=1e-4)
+    assert std[0] == pytest.approx(expected.std(), rel=1e-4)
+
+
+def test_mirrored_strategy_trains(tmp_path):
+    run, result = train(tmp_path, ["strategy=mirrored", "train.epochs=1", "tracking.log_model=false"])
+    assert math.isfinite(result.metrics["test_ndcg_10"])
+
+
+def test_every_loss_builds_and_gives_a_finite_value():
+    from ranking_exp.config import LAMBDA_LOSSES, LOSS_KEYS, LossConfig
+    from ranking_exp.train.pipeline import build_loss
+
+    labels = tf.constant([[2.0, 0.0, 1.0, -1.0], [0.0, 1.0, 0.0, 0.0]])
+    scores = tf.constant([[0.3, -0.2, 0.9, 0.0], [0.1, 0.4, -1.0, 0.2]])
+    for key in LOSS_KEYS:
+        lw = "ndcg" if key in LAMBDA_LOSSES and key != "list_mle_loss" else None
+        value = build_loss(LossConfig(key=key, lambda_weight=lw))(labels, scores)
+        assert np.isfinite(value.numpy()), key
+
+
+def test_every_optimizer_and_schedule_builds():
+    from ranking_exp.config import SCHEDULES, OptimizerConfig, ScheduleConfig
+    from ranking_exp.train.optimizer import build_optimizer
+
+    for name in ("adam", "adagrad", "sgd"):
+        for kind in SCHEDULES:
+            opt = build_optimizer(OptimizerConfig(name=name, momentum=0.9, schedule=ScheduleConfig(kind=kind, warmup_steps=5)))
+            lr = opt.learning_rate
+            value = lr(tf.constant(3)) if callable(lr) else lr
+            assert 0 < float(value) <= 1e-3 or name != "adam"
