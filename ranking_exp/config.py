@@ -187,7 +187,8 @@ LOSS_KEYS = (
     "softmax_loss", "unique_softmax_loss", "calibrated_softmax_loss", "approx_ndcg_loss",
     "approx_mrr_loss", "gumbel_approx_ndcg_loss", "pairwise_logistic_loss", "pairwise_hinge_loss",
     "pairwise_soft_zero_one_loss", "pairwise_mse_loss", "yeti_logistic_loss", "list_mle_loss",
-    "sigmoid_cross_entropy_loss", "mean_squared_loss", "ordinal_loss", "coupled_rankdistil_loss",
+    "sigmoid_cross_entropy_loss", "mean_squared_loss", "coupled_rankdistil_loss",
+    # ordinal_loss is left out: it needs one output per grade (rank-3 scores), not a score per document.
 )
 LAMBDA_WEIGHTS = ("ndcg", "ndcg_v2", "dcg", "label_diff", "precision", "list_mle", "yeti_dcg")
 # Losses built on pairs or on a Plackett-Luce list model take a lambda weight.
@@ -318,9 +319,17 @@ class FeatureTransform:
 
 
 @dataclass
+class FeatureOverride(FeatureTransform):
+    """The transform of one named feature, replacing ``preprocess.default`` for it."""
+
+    name: str = ""
+
+
+@dataclass
 class PreprocessConfig:
     default: FeatureTransform = field(default_factory=FeatureTransform)
-    features: dict[str, FeatureTransform] = field(default_factory=dict)
+    # e.g. preprocess.features=[{name: doc_length, standardize: true, clip_min: -5, clip_max: 5}]
+    features: list[FeatureOverride] = field(default_factory=list)
     # Import path of a tfr.keras.model.Preprocessor class/factory, called with
     # (feature_spec=..., **custom_kwargs); replaces the per-feature transforms.
     custom: Optional[str] = None
@@ -328,8 +337,12 @@ class PreprocessConfig:
 
     def __post_init__(self):
         self.default.check("preprocess.default")
-        for name, t in self.features.items():
-            t.check(f"preprocess.features.{name}")
+        seen = set()
+        for i, t in enumerate(self.features):
+            _check(bool(t.name), f"preprocess.features[{i}].name", "must name a feature")
+            _check(t.name not in seen, f"preprocess.features[{i}].name", f"{t.name!r} is listed twice")
+            seen.add(t.name)
+            t.check(f"preprocess.features[{i}]")
         if self.custom is not None:
             _check_import_path(self.custom, "preprocess.custom")
 

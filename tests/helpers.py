@@ -16,8 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 # A small, fast synthetic run: still learnable, seconds per epoch.
 TINY = [
     "dataset.num_train=120", "dataset.num_vali=40", "dataset.num_test=40", "dataset.max_docs=20",
-    "train.epochs=2", "train.verbose=0", "scorer.hidden_layer_dims=[16,8]",
+    "train.epochs=2", "train.verbose=0",
 ]
+
+
+def tiny(overrides: list[str]) -> list[str]:
+    """TINY plus a small DNN unless another scorer is chosen, then ``overrides``."""
+    other_scorer = any(o.startswith("scorer=") and o != "scorer=dnn" for o in overrides)
+    return [*TINY, *([] if other_scorer else ["scorer.hidden_layer_dims=[16,8]"]), *overrides]
 
 
 def compose_run(tmp_path: Path, overrides: list[str]) -> tuple[RunConfig, DictConfig]:

@@ -33,7 +33,6 @@ class WrappedKerasModel(tfr.keras.model.AbstractModelBuilder):
     """The TF Ranking FAQ's pattern: an existing Keras model wrapped as a ranking model."""
 
     def __init__(self, feature_spec, units: int = 8):
-        super().__init__(mask_feature_name=feature_spec.mask_name, name="wrapped")
         self.spec, self.units = feature_spec, units
 
     def build(self) -> tf.keras.Model:

@@ -26,11 +26,12 @@ def signed_log1p(x: tf.Tensor) -> tf.Tensor:
 def transforms_by_feature(cfg: PreprocessConfig, spec: FeatureSpec) -> dict[str, FeatureTransform]:
     """The transform of every context and example feature; unknown names in the config fail."""
     known = spec.context_names + spec.example_names
-    unknown = sorted(set(cfg.features) - set(known))
-    if unknown:
-        raise ConfigError(f"preprocess.features.{unknown[0]}: no such feature in the data "
-                          f"(features: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''})")
-    return {name: cfg.features.get(name, cfg.default) for name in known}
+    overrides = {t.name: t for t in cfg.features}
+    for i, t in enumerate(cfg.features):
+        if t.name not in known:
+            raise ConfigError(f"preprocess.features[{i}].name: no feature {t.name!r} in the data "
+                              f"(features: {', '.join(known[:12])}{', ...' if len(known) > 12 else ''})")
+    return {name: overrides.get(name, cfg.default) for name in known}
 
 
 def fit_standardization(batches: Iterable, spec: FeatureSpec,
