@@ -67,13 +67,11 @@ def run_training(run: RunConfig, cfg: DictConfig, *, launch_dir: str, run_name: 
 
     tracker = Tracker(run.tracking.uri, run.tracking.experiment, launch_dir)
     tags = {**run.tracking.tags, **(tags or {}), "output_dir": run.output_dir, "data": str(data.root)}
-    with tracker.start_run(run.tracking.run_name or run_name, tags) as run_id:
+    with tracker.start_run(run.tracking.run_name or run_name, tags):
         tracker.log_params(OmegaConf.to_container(cfg, resolve=True))
         if hydra_dir:
             tracker.log_artifacts(hydra_dir, "hydra")  # composed config, overrides, hydra.yaml
-        result = _train_and_record(run, data, tracker)
-    result.run_id = run_id
-    return result
+        return _train_and_record(run, data, tracker)
 
 
 def _train_and_record(run: RunConfig, data, tracker) -> RunResult:
@@ -108,7 +106,7 @@ def _train_and_record(run: RunConfig, data, tracker) -> RunResult:
     if run.tracking.log_model:
         model_uri = tracker.log_ranker(model_dir, data.spec.to_dict())
     tracker.log_artifacts(os.path.join(run.output_dir, "tensorboard"), "tensorboard")
-    result = RunResult(run_id="", output_dir=run.output_dir, objective=objective, metrics=metrics,
+    result = RunResult(run_id=tracker.run_id, output_dir=run.output_dir, objective=objective, metrics=metrics,
                        exports=dict(pipeline.exports), model_uri=model_uri)
     _write_results(result, run, model_dir)
     return result

@@ -49,8 +49,6 @@ def resolve_model(model: str, tracking_uri: str, workdir: str) -> Path:
             path = Path(download_model(model, tracking_uri, os.getcwd(), workdir))
         except Exception as e:  # MLflow raises several kinds for a bad URI
             raise ConfigError(f"model: cannot load {model!r} from MLflow ({str(e).splitlines()[0]})") from None
-    if (path / "artifacts" / "saved_model").is_dir():  # a downloaded MLflow pyfunc model
-        path = path / "artifacts" / "saved_model"
     if not path.is_dir():
         raise ConfigError(f"model: {model}: no such directory")
     if not (path / "saved_model.pb").exists() or not (path / "feature_spec.json").exists():

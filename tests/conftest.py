@@ -23,6 +23,6 @@ def data_cache(tmp_path_factory) -> Path:
     """One converted-data cache for the whole session (entries are keyed by content)."""
     path = tmp_path_factory.mktemp("ranking_exp_cache")
     os.environ["RANKING_EXP_CACHE_DIR"] = str(path)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return path

@@ -561,7 +561,7 @@ def convert_letor(fold_dir: str | Path, cache_root: str | Path, num_shards: int 
     def build(tmp: Path) -> PreparedData:
         sizes = {split: p.stat().st_size for split, p in files.items()}
         with tqdm(total=sizes["train"] + sum(sizes.values()), unit="B", unit_scale=True, file=sys.stderr,
-                  disable=not progress, desc=f"converting {fold_dir.name}") as bar:
+                  disable=None if progress else True, desc=f"converting {fold_dir.name}") as bar:
             seen: set[int] = set()
             for q in read_letor(files["train"], on_bytes=bar.update):
                 seen.update(np.unique(q.indices).tolist())

@@ -113,7 +113,7 @@ def make_synthetic(cache_root: str | Path, num_train: int = 2000, num_vali: int 
     def build(tmp: Path) -> PreparedData:
         splits: dict[str, SplitInfo] = {}
         stats = None
-        with tqdm(total=sum(counts.values()), unit="list", file=sys.stderr, disable=not progress,
+        with tqdm(total=sum(counts.values()), unit="list", file=sys.stderr, disable=None if progress else True,
                   desc="synthetic data") as bar:
             for i, (split, count) in enumerate(counts.items()):
                 if count == 0:

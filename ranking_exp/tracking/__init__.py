@@ -153,6 +153,10 @@ def download_model(uri: str, tracking_uri: str | None, launch_dir: str | os.Path
     """Local SavedModel directory for a ``runs:/``/``models:/``/``mlflow-artifacts:`` URI."""
     if tracking_uri:
         mlflow.set_tracking_uri(resolve_uri(tracking_uri, launch_dir))
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)
-    saved = Path(local) / "artifacts" / "saved_model"
-    return str(saved if saved.is_dir() else local)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+    if not (local / "MLmodel").exists():
+        return str(local)  # a plain artifact directory (e.g. an export logged as files)
+    artifacts = mlflow.models.Model.load(str(local)).flavors.get("python_function", {}).get("artifacts", {})
+    if "saved_model" not in artifacts:
+        raise ValueError(f"{uri} is an MLflow model but not a ranking_exp ranker")
+    return str(local / artifacts["saved_model"]["path"])
