@@ -23,7 +23,9 @@ TINY = [
 def tiny(overrides: list[str]) -> list[str]:
     """TINY plus a small DNN unless another scorer is chosen, then ``overrides``."""
     other_scorer = any(o.startswith("scorer=") and o != "scorer=dnn" for o in overrides)
-    return [*TINY, *([] if other_scorer else ["scorer.hidden_layer_dims=[16,8]"]), *overrides]
+    other_data = any(o.startswith("dataset=") and o != "dataset=synthetic" for o in overrides)
+    base = [o for o in TINY if not (other_data and o.startswith("dataset."))]
+    return [*base, *([] if other_scorer else ["scorer.hidden_layer_dims=[16,8]"]), *overrides]
 
 
 def compose_run(tmp_path: Path, overrides: list[str]) -> tuple[RunConfig, DictConfig]:

@@ -146,3 +146,27 @@ def test_every_optimizer_and_schedule_builds():
             lr = opt.learning_rate
             value = lr(tf.constant(3)) if callable(lr) else lr
             assert 0 < float(value) <= 1e-3 or name != "adam"
+
+
+def test_existing_elwc_shards_train_with_their_feature_spec(tmp_path):
+    """dataset=elwc: shards written elsewhere plus the feature_spec.json describing them."""
+    from ranking_exp.data.sources import prepare
+
+    run, _ = compose_run(tmp_path, TINY)
+    data = prepare(run.dataset)  # synthetic shards, standing in for a user's own ELWC files
+    _, result = train(tmp_path / "elwc", [
+        "dataset=elwc", f"dataset.train={data.root}/train-*.tfrecord", f"dataset.vali={data.root}/vali-*.tfrecord",
+        f"dataset.test={data.root}/test-*.tfrecord", f"dataset.feature_spec={data.root}/feature_spec.json",
+        "tracking.log_model=false"])
+    assert math.isfinite(result.metrics["test_ndcg_10"])
+
+
+def test_callbacks_follow_the_config(tmp_path):
+    from ranking_exp.train.callbacks import build_callbacks
+
+    run, _ = compose_run(tmp_path, tiny(["callbacks.early_stopping.enabled=true", "callbacks.reduce_lr.enabled=true",
+                                         "callbacks.tensorboard.enabled=false", "metrics.monitor=map"]))
+    cbs = {type(c).__name__: c for c in build_callbacks(run, str(tmp_path))}
+    assert "TensorBoard" not in cbs
+    assert cbs["EarlyStopping"].monitor == "val_map" and cbs["ReduceLROnPlateau"].monitor == "val_map"
+    assert cbs["EarlyStopping"].patience == 5
