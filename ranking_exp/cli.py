@@ -120,7 +120,6 @@ def run_hydra_app(task: Callable[[DictConfig], object], config_name: str,
         try:
             return task(cfg)
         except UserError as e:
-            log.error("%s", e)
             fail(str(e), e.exit_code)
 
     _main()
