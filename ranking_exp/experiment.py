@@ -75,12 +75,13 @@ def run_training(run: RunConfig, cfg: DictConfig, *, launch_dir: str, run_name: 
 
 
 def _train_and_record(run: RunConfig, data, tracker) -> RunResult:
-    import tensorflow as tf  # noqa: F401  (first import of TensorFlow in a run)
+    import tensorflow as tf
 
     from ranking_exp.data.builder import RankingDatasetBuilder
     from ranking_exp.model.builder import build_model_builder
     from ranking_exp.train.pipeline import RankingPipeline
 
+    tf.keras.backend.clear_session()  # jobs of a multirun share the process: start each from scratch
     seed_everything(run.seed, run.train.deterministic)
     started = time.time()
     datasets = RankingDatasetBuilder(data, run.train, run.seed)
