@@ -88,6 +88,22 @@ def preflight(config_name: str, overrides: Sequence[str], multirun: bool,
                 with open_dict(cfg):
                     cfg.output_dir = "<output_dir>"
             check(cfg)
+        if multirun:
+            _preflight_sweeper(config_name, combos[0], overrides)
+
+
+def _preflight_sweeper(config_name: str, first: list[str], overrides: Sequence[str]) -> None:
+    """Lets the configured sweeper check its own settings, if it knows how (``preflight``)."""
+    from hydra.utils import get_class
+
+    try:
+        cfg = compose(config_name, overrides=first, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(hydra_error_line(e)) from None
+    target = cfg.hydra.sweeper.get("_target_")
+    sweeper = get_class(target) if target else None
+    if hasattr(sweeper, "preflight"):
+        sweeper.preflight(cfg.hydra.sweeper, cfg, list(overrides))
 
 
 def quiet_libraries() -> None:
@@ -116,16 +132,22 @@ def run_hydra_app(task: Callable[[DictConfig], object], config_name: str,
 
     @hydra.main(version_base="1.3", config_path="conf", config_name=config_name)
     def _main(cfg: DictConfig):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
         quiet_libraries()
         try:
             return task(cfg)
         except UserError as e:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                log.error("%s", e)  # one job of a sweep: the sweeper records it and goes on
+                raise
             fail(str(e), e.exit_code)
 
     _main()
 
 
-def _train_task(cfg: DictConfig) -> float:
+def _train_task(cfg: DictConfig) -> dict[str, float]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
 
@@ -142,7 +164,8 @@ def _train_task(cfg: DictConfig) -> float:
                           hydra_dir=hydra_dir)
     log.info("MLflow run %s (%s), model %s\n%s", result.run_id, run.tracking.uri, result.model_uri,
              summary_table(result))
-    return result.objective
+    return {"objective": result.objective, **result.metrics, "mlflow_run_id": result.run_id,
+            "model_uri": result.model_uri}
 
 
 def main() -> None:

@@ -403,6 +403,8 @@ class CallbacksConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     reduce_lr: ReduceLRConfig = field(default_factory=ReduceLRConfig)
+    # More Keras callbacks as Hydra ``_target_`` nodes, e.g. the sweeper's pruning callback.
+    extra: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -461,6 +463,7 @@ class TrackingConfig:
     run_name: Optional[str] = None
     log_model: bool = True
     tags: dict[str, str] = field(default_factory=dict)
+    parent_run_id: Optional[str] = None  # nest this run under another (a sweep's parent run)
 
     def __post_init__(self):
         _check(bool(self.experiment), "tracking.experiment", "must not be empty")

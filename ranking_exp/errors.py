@@ -18,3 +18,12 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """A bad config value: the message starts with the config key."""
+
+
+class RunStopped(Exception):
+    """Raised from inside training to end a run early on purpose (e.g. a pruned sweep trial).
+
+    ``state`` is recorded on the MLflow run as the tag ``state``; the run ends KILLED.
+    """
+
+    state = "STOPPED"

@@ -67,7 +67,7 @@ def run_training(run: RunConfig, cfg: DictConfig, *, launch_dir: str, run_name: 
 
     tracker = Tracker(run.tracking.uri, run.tracking.experiment, launch_dir)
     tags = {**run.tracking.tags, **(tags or {}), "output_dir": run.output_dir, "data": str(data.root)}
-    with tracker.start_run(run.tracking.run_name or run_name, tags):
+    with tracker.start_run(run.tracking.run_name or run_name, tags, parent_run_id=run.tracking.parent_run_id):
         tracker.log_params(OmegaConf.to_container(cfg, resolve=True))
         if hydra_dir:
             tracker.log_artifacts(hydra_dir, "hydra")  # composed config, overrides, hydra.yaml

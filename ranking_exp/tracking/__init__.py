@@ -69,13 +69,20 @@ class Tracker:
 
     @contextlib.contextmanager
     def start_run(self, run_name: str | None, tags: Mapping[str, str] | None = None,
-                  nested: bool = False) -> Iterator[str]:
-        """An active run; FAILED if the body raises, KILLED on Ctrl-C, FINISHED otherwise."""
+                  parent_run_id: str | None = None) -> Iterator[str]:
+        """An active run; FAILED if the body raises, KILLED on Ctrl-C or when stopped on
+        purpose (tag ``state`` says why, e.g. PRUNED), FINISHED otherwise."""
+        from ranking_exp.errors import RunStopped
+
         run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=dict(tags or {}),
-                               nested=nested)
+                               parent_run_id=parent_run_id, nested=parent_run_id is not None)
         self.run_id = run.info.run_id
         try:
             yield self.run_id
+        except RunStopped as e:
+            mlflow.set_tag("state", e.state)
+            mlflow.end_run("KILLED")
+            raise
         except KeyboardInterrupt:
             mlflow.end_run("KILLED")
             raise
@@ -83,6 +90,7 @@ class Tracker:
             mlflow.end_run("FAILED")
             raise
         else:
+            mlflow.set_tag("state", "COMPLETE")
             mlflow.end_run("FINISHED")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -103,7 +111,7 @@ class Tracker:
             mlflow.log_artifact(str(local_file), artifact_path)
 
     def log_ranker(self, export_dir: str, feature_spec: Mapping[str, Any]) -> str:
-        """Logs the SavedModel as a pyfunc model; returns its ``runs:/`` URI."""
+        """Logs the SavedModel as a pyfunc model; returns its URI."""
         from mlflow.models import ModelSignature
         from mlflow.types import ColSpec, Schema
 
@@ -112,14 +120,14 @@ class Tracker:
             columns.append(ColSpec("double", f["name"], required=f["default"] is None))
         signature = ModelSignature(inputs=Schema(columns),
                                    outputs=Schema([ColSpec("float", "score"), ColSpec("long", "rank")]))
-        mlflow.pyfunc.log_model(
+        info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(PYFUNC_CODE),
             artifacts={"saved_model": export_dir},
             signature=signature,
             pip_requirements=_requirements(),
         )
-        return f"runs:/{self.run_id}/{MODEL_NAME}"
+        return info.model_uri  # models:/<model id>; runs:/<run id>/model names it too
 
     def keras_callback(self):
         """A Keras callback that logs every epoch's logs (train and ``val_`` metrics)."""
@@ -160,3 +168,60 @@ def download_model(uri: str, tracking_uri: str | None, launch_dir: str | os.Path
     if "saved_model" not in artifacts:
         raise ValueError(f"{uri} is an MLflow model but not a ranking_exp ranker")
     return str(local / artifacts["saved_model"]["path"])
+
+
+class SweepRecorder:
+    """The MLflow parent run of a sweep: trials are its child runs (``tracking.parent_run_id``).
+
+    Running the same sweep again (same experiment and study name) continues the same parent.
+    """
+
+    ROLE_TAG, STUDY_TAG = "ranking_exp.role", "ranking_exp.study"
+
+    def __init__(self, uri: str, experiment: str, launch_dir: str | os.PathLike, study_name: str):
+        self.tracker = Tracker(uri, experiment, launch_dir)
+        self.client = self.tracker.client
+        self.study_name = study_name
+        found = self.client.search_runs(
+            [self.tracker.experiment_id],
+            filter_string=f"tags.`{self.ROLE_TAG}` = 'sweep' and tags.`{self.STUDY_TAG}` = '{study_name}'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if found:
+            self.parent_run_id = found[0].info.run_id
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.tracker.experiment_id, run_name=f"sweep-{study_name}",
+                                         tags={self.ROLE_TAG: "sweep", self.STUDY_TAG: study_name})
+            self.parent_run_id = run.info.run_id
+
+    def finish(self, summary: Mapping[str, Any], best_run_id: str | None, images: list[Path] = (),
+               register_as: str | None = None, alias: str = "champion", model_uri: str | None = None) -> str | None:
+        """Best value/params, counts and plots on the parent; the best model registered with an alias.
+
+        Returns the registered model version, if any.
+        """
+        import json
+        import tempfile
+
+        rid = self.parent_run_id
+        metrics = {k: float(summary[k]) for k in ("best_value", "n_complete", "n_pruned", "n_failed") if k in summary}
+        for k, v in metrics.items():
+            self.client.log_metric(rid, k, v)
+        for k, v in (summary.get("best_params") or {}).items():
+            self.client.set_tag(rid, f"best.{k}", str(v))
+        if best_run_id:
+            self.client.set_tag(rid, "best_run_id", best_run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "optimization_results.json"
+            path.write_text(json.dumps(dict(summary), indent=2, default=str))
+            self.client.log_artifact(rid, str(path))
+        for image in images:
+            self.client.log_artifact(rid, str(image), "plots")
+        version = None
+        if register_as and (model_uri or best_run_id):
+            mv = mlflow.register_model(model_uri or f"runs:/{best_run_id}/{MODEL_NAME}", register_as)
+            self.client.set_registered_model_alias(register_as, alias, mv.version)
+            self.client.set_tag(rid, "registered_model", f"models:/{register_as}@{alias}")
+            version = mv.version
+        self.client.set_terminated(rid, "FINISHED" if summary.get("n_complete") else "FAILED")
+        return version

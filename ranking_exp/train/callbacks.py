@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import tensorflow as tf
+from hydra.utils import instantiate
 
 from ranking_exp.config import RunConfig
 
@@ -35,4 +36,5 @@ def build_callbacks(run: RunConfig, model_dir: str) -> list[tf.keras.callbacks.C
             monitor=monitor, mode="max", factor=c.reduce_lr.factor, patience=c.reduce_lr.patience,
             min_lr=c.reduce_lr.min_lr))
     out.append(tf.keras.callbacks.TerminateOnNaN())
+    out.extend(instantiate(node) for node in c.extra)
     return out

@@ -1,0 +1,81 @@
+"""The sweeper's structured config: field names as hydra-optuna-sweeper users know them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from ranking_exp.errors import ConfigError
+
+SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsgaii")
+PRUNERS = ("median", "hyperband", "successive_halving", "none")
+
+
+def _check(cond: bool, key: str, problem: str) -> None:
+    if not cond:
+        raise ConfigError(f"hydra.sweeper.{key}: {problem}")
+
+
+@dataclass
+class SamplerConfig:
+    kind: str = "tpe"
+    seed: Optional[int] = None
+    n_startup_trials: int = 10  # tpe: random trials before modelling
+    multivariate: bool = False  # tpe
+    population_size: int = 50  # nsgaii
+
+    def __post_init__(self):
+        _check(self.kind in SAMPLERS, "sampler.kind", f"{self.kind!r} is not a sampler (choose from {', '.join(SAMPLERS)})")
+
+
+@dataclass
+class PrunerConfig:
+    kind: str = "median"
+    n_startup_trials: int = 2  # median: trials that finish before any pruning
+    n_warmup_steps: int = 1  # median: epochs before a trial can be pruned
+    interval_steps: int = 1
+    min_resource: int = 1  # hyperband / successive_halving (epochs)
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+
+    def __post_init__(self):
+        _check(self.kind in PRUNERS, "pruner.kind", f"{self.kind!r} is not a pruner (choose from {', '.join(PRUNERS)})")
+
+
+@dataclass
+class RankingOptunaSweeperConf:
+    _target_: str = "hydra_plugins.ranking_exp_sweeper.sweeper.RankingOptunaSweeper"
+    # What to optimize: names of values the training job returns (``objective`` is the best
+    # validation value of metrics.monitor; also best_val_<metric>, test_<metric>, ...).
+    objective: Any = "objective"
+    direction: Any = "maximize"
+    study_name: Optional[str] = None  # default: the sweep's name, else "ranking_exp"
+    storage: Optional[str] = "sqlite:///optuna.db"
+    n_trials: int = 20
+    n_jobs: int = 1  # trials launched together (parallel with a parallel launcher, e.g. joblib)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    params: dict[str, str] = field(default_factory=dict)
+    max_failure_rate: float = 0.5  # stop the sweep when more trials than this fraction fail
+    heartbeat_interval: int = 30  # seconds; trials silent for grace_period are failed and retried
+    grace_period: int = 120
+    max_retry: int = 2  # retries of a configuration whose process died
+    register_model: bool = True  # register the best trial's model under study_name
+    model_alias: str = "champion"
+
+    def __post_init__(self):
+        _check(self.n_trials > 0, "n_trials", "must be > 0")
+        _check(self.n_jobs > 0, "n_jobs", "must be > 0")
+        _check(0.0 <= self.max_failure_rate <= 1.0, "max_failure_rate", "must be in [0, 1]")
+        objectives = [self.objective] if isinstance(self.objective, str) else list(self.objective)
+        directions = [self.direction] if isinstance(self.direction, str) else list(self.direction)
+        _check(all(d in ("maximize", "minimize") for d in directions), "direction",
+               f"{directions} must be maximize or minimize")
+        _check(len(objectives) == len(directions), "direction",
+               f"{len(directions)} direction(s) for {len(objectives)} objective(s)")
+
+
+def register() -> None:
+    ConfigStore.instance().store(group="hydra/sweeper", name="ranking_optuna", node=RankingOptunaSweeperConf,
+                                 provider="ranking_exp")

@@ -1,0 +1,329 @@
+"""A Hydra Sweeper on Optuna's ask/tell API, with pruning, resume, heartbeats and MLflow.
+
+Each trial is one ordinary ranking_exp job launched by Hydra's launcher with the sampled
+overrides, a pruning callback (as a ``callbacks.extra`` config node) and the MLflow parent
+run id. Any number of processes running the same command against one storage share the
+study and together run ``n_trials`` trials.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.ranking_exp_sweeper.config import PrunerConfig, RankingOptunaSweeperConf, SamplerConfig
+from hydra_plugins.ranking_exp_sweeper.pruning import TrialPruned
+from hydra_plugins.ranking_exp_sweeper.space import check_paths, override_value, parse_params
+from ranking_exp.config import GROUPS
+from ranking_exp.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+# We record heartbeats ourselves around ask/tell trials (see _Heartbeat).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+TrialState = optuna.trial.TrialState
+
+
+class SweepFailed(UserError):
+    """Too many trials failed."""
+
+
+def make_sampler(c: SamplerConfig, distributions) -> optuna.samplers.BaseSampler:
+    if c.kind == "tpe":
+        return optuna.samplers.TPESampler(seed=c.seed, n_startup_trials=c.n_startup_trials, multivariate=c.multivariate)
+    if c.kind == "random":
+        return optuna.samplers.RandomSampler(seed=c.seed)
+    if c.kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=c.seed)
+    if c.kind == "nsgaii":
+        return optuna.samplers.NSGAIISampler(seed=c.seed, population_size=c.population_size)
+    grid = {}
+    for key, d in distributions.items():
+        if not isinstance(d, optuna.distributions.CategoricalDistribution):
+            raise ConfigError(f"hydra.sweeper.params.{key}: the grid sampler needs choice(...) values")
+        grid[key] = list(d.choices)
+    return optuna.samplers.GridSampler(grid, seed=c.seed)
+
+
+def make_pruner(c: PrunerConfig) -> optuna.pruners.BasePruner:
+    if c.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=c.n_startup_trials, n_warmup_steps=c.n_warmup_steps,
+                                           interval_steps=c.interval_steps)
+    if c.kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=c.min_resource, max_resource=c.max_resource,
+                                              reduction_factor=c.reduction_factor)
+    if c.kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=c.min_resource, reduction_factor=c.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def resolve_storage_url(url: str) -> str:
+    """A relative sqlite path is relative to the launch directory (as for MLflow)."""
+    from ranking_exp.tracking import resolve_uri
+
+    return resolve_uri(url, Path.cwd()) if url.startswith("sqlite:///") else url
+
+
+def load_config(kwargs: dict[str, Any]) -> RankingOptunaSweeperConf:
+    # Plain containers first: Hydra's plugin scan may have loaded the schema classes twice.
+    plain = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in kwargs.items()}
+    node = OmegaConf.merge(OmegaConf.structured(RankingOptunaSweeperConf), plain)
+    return OmegaConf.to_object(node)
+
+
+def split_arguments(arguments: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Plain overrides go to every trial; swept ones (a,b / choice / interval) join the space."""
+    fixed, swept = [], {}
+    for o in OverridesParser.create().parse_overrides(list(arguments)):
+        if o.is_sweep_override():
+            swept[o.get_key_element()] = o.get_value_string()
+        else:
+            fixed.append(o.input_line)
+    return fixed, swept
+
+
+class _Heartbeat:
+    """Records heartbeats for running trials, so a killed process's trials are detected."""
+
+    def __init__(self, storage, trial_ids: list[int], interval: int):
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while True:
+            for tid in self.trial_ids:
+                try:
+                    self.storage.record_heartbeat(tid)
+                except Exception:  # a finished trial, or a storage hiccup: try again next beat
+                    pass
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class RankingOptunaSweeper(Sweeper):
+    @staticmethod
+    def preflight(sweeper_cfg: DictConfig, job_cfg: DictConfig, overrides: list[str]) -> None:
+        """Checks the sweep before Hydra starts (called by ranking_exp's CLI): one-line errors."""
+        kwargs = {k: v for k, v in sweeper_cfg.items() if k != "_target_"}
+        try:
+            conf = load_config(kwargs)
+        except ConfigError:
+            raise
+        except Exception as e:
+            from ranking_exp.config import one_line_omegaconf_error
+
+            raise ConfigError(f"hydra.sweeper: {one_line_omegaconf_error(e)}") from None
+        _, swept = split_arguments(overrides)
+        params = {**conf.params, **swept}
+        if not params:
+            raise ConfigError("hydra.sweeper.params: empty search space")
+        distributions = parse_params(params)
+        check_paths(params, job_cfg, set(GROUPS))
+        make_sampler(conf.sampler, distributions)
+
+    def __init__(self, **kwargs: Any):
+        self.conf = load_config(kwargs)
+        self.hydra_context: HydraContext | None = None
+        self.launcher = None
+        self.config: DictConfig | None = None
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    # ----------------------------------------------------------------------------------
+    def study_name(self) -> str:
+        choices = self.config.hydra.runtime.choices
+        return self.conf.study_name or choices.get("sweep") or "ranking_exp"
+
+    def sweep(self, arguments: list[str]) -> None:
+        conf = self.conf
+        fixed, swept = split_arguments(arguments)
+        params = {**conf.params, **swept}
+        if not params:
+            raise ConfigError("hydra.sweeper.params: empty search space")
+        distributions = parse_params(params)
+        check_paths(params, self.config, set(GROUPS))
+        objectives = [conf.objective] if isinstance(conf.objective, str) else list(conf.objective)
+        directions = [conf.direction] if isinstance(conf.direction, str) else list(conf.direction)
+
+        storage_url = resolve_storage_url(conf.storage) if conf.storage else None
+        storage = None
+        if storage_url:
+            storage = optuna.storages.RDBStorage(
+                storage_url, heartbeat_interval=conf.heartbeat_interval, grace_period=conf.grace_period,
+                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=conf.max_retry))
+        name = self.study_name()
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=make_sampler(conf.sampler, distributions),
+            pruner=make_pruner(conf.pruner), directions=directions, load_if_exists=True)
+        monitor = f"val_{self.config.metrics.monitor}"
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+
+        from ranking_exp.tracking import SweepRecorder
+
+        recorder = SweepRecorder(self.config.tracking.uri, self.config.tracking.experiment, Path.cwd(), name)
+        log.info("Study %s (%s): %d trials, sampler %s, pruner %s; MLflow parent run %s",
+                 name, storage_url or "in memory", conf.n_trials, conf.sampler.kind, conf.pruner.kind,
+                 recorder.parent_run_id)
+        try:
+            self._run_trials(study, storage, storage_url, distributions, fixed, objectives, monitor, recorder)
+        finally:
+            self._finish(study, objectives, sweep_dir, recorder)
+
+    def _counts(self, study) -> dict[TrialState, int]:
+        counts = {s: 0 for s in TrialState}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state] += 1
+        return counts
+
+    def _run_trials(self, study, storage, storage_url, distributions, fixed, objectives, monitor, recorder):
+        conf = self.conf
+        while True:
+            if storage is not None:
+                optuna.storages.fail_stale_trials(study)
+            counts = self._counts(study)
+            done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+            failed = counts[TrialState.FAIL]
+            if failed and failed > conf.max_failure_rate * max(done + failed, 1) and failed >= 2:
+                raise SweepFailed(f"{failed} of {done + failed} trials failed (hydra.sweeper.max_failure_rate="
+                                  f"{conf.max_failure_rate}); see the job logs in {self.config.hydra.sweep.dir}")
+            budget = conf.n_trials - done - counts[TrialState.RUNNING]
+            if budget <= 0:
+                return
+            trials = [study.ask(distributions) for _ in range(min(conf.n_jobs, budget))]
+            batch = []
+            for trial in trials:
+                overrides = [*fixed, *(f"{k}={override_value(v)}" for k, v in trial.params.items())]
+                overrides.append(f"tracking.parent_run_id={recorder.parent_run_id}")
+                overrides.append(f"+tracking.tags.optuna_trial={trial.number}")
+                overrides.append(f"+tracking.tags.optuna_study={study.study_name}")
+                if storage_url and conf.pruner.kind != "none" and len(objectives) == 1:
+                    overrides.append(
+                        "callbacks.extra=[{_target_:hydra_plugins.ranking_exp_sweeper.pruning.OptunaPruningCallback,"
+                        f"storage:'{storage_url}',study_name:'{study.study_name}',trial_id:{trial._trial_id},"
+                        f"monitor:{monitor}}}]")
+                batch.append(overrides)
+            with _Heartbeat(storage, [t._trial_id for t in trials], conf.heartbeat_interval) if storage else _nullctx():
+                returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
+            self.job_idx += len(batch)
+            for trial, ret in zip(trials, returns):
+                self._tell(study, trial, ret, objectives)
+
+    def _tell(self, study, trial, ret, objectives) -> None:
+        if ret.status == JobStatus.FAILED:
+            error = ret._return_value
+            if isinstance(error, TrialPruned):
+                study.tell(trial, state=TrialState.PRUNED)
+                log.info("trial %d pruned", trial.number)
+            else:
+                trial.set_user_attr("error", str(error).splitlines()[0] if str(error) else type(error).__name__)
+                study.tell(trial, state=TrialState.FAIL)
+                log.warning("trial %d failed: %s", trial.number, error)
+            return
+        result = ret.return_value or {}
+        for key in ("mlflow_run_id", "model_uri"):
+            if result.get(key):
+                trial.set_user_attr(key, result[key])
+        values = [result.get(name) for name in objectives]
+        if any(v is None or not math.isfinite(float(v)) for v in values):
+            trial.set_user_attr("error", f"objective values {dict(zip(objectives, values))} are missing or not finite")
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed: %s", trial.number, trial.user_attrs["error"])
+            return
+        study.tell(trial, [float(v) for v in values])
+
+    # ----------------------------------------------------------------------------------
+    def _finish(self, study, objectives, sweep_dir: Path, recorder) -> None:
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        counts = self._counts(study)
+        summary: dict[str, Any] = {"name": "optuna", "study_name": study.study_name,
+                                   "n_complete": counts[TrialState.COMPLETE], "n_pruned": counts[TrialState.PRUNED],
+                                   "n_failed": counts[TrialState.FAIL]}
+        if not complete:
+            (sweep_dir / "optimization_results.yaml").write_text(OmegaConf.to_yaml(summary))
+            recorder.finish(summary, None)
+            return
+        if len(objectives) == 1:
+            best = study.best_trial
+            summary.update(best_params=dict(best.params), best_value=best.value, best_trial=best.number)
+            best_trials = [best]
+        else:
+            best_trials = study.best_trials
+            summary["solutions"] = [{"params": dict(t.params), "values": list(t.values), "trial": t.number}
+                                    for t in best_trials]
+        (sweep_dir / "optimization_results.yaml").write_text(OmegaConf.to_yaml(json.loads(json.dumps(summary))))
+        print(best_table(study, objectives))
+        recorder.finish(summary, best_trials[0].user_attrs.get("mlflow_run_id"), plots(study, sweep_dir),
+                        model_uri=best_trials[0].user_attrs.get("model_uri"),
+                        register_as=study.study_name if self.conf.register_model else None,
+                        alias=self.conf.model_alias)
+
+
+def plots(study, sweep_dir: Path) -> list[Path]:
+    """Optimization history and parameter importances as PNG files (what the study allows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    out = []
+    for name, draw in (("optimization_history", ovm.plot_optimization_history),
+                       ("param_importances", ovm.plot_param_importances)):
+        try:
+            ax = draw(study) if len(study.directions) == 1 else draw(study, target=lambda t: t.values[0])
+            path = sweep_dir / f"{name}.png"
+            ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(ax.figure)
+            out.append(path)
+        except Exception as e:  # e.g. importances need two completed trials with varied params
+            log.info("no %s plot: %s", name, e)
+    return out
+
+
+class _nullctx:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def best_table(study, objectives: list[str], top: int = 5) -> str:
+    """The best trials as a text table."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    complete.sort(key=lambda t: sign * t.values[0])
+    keys = sorted({k for t in complete for k in t.params})
+    header = ["trial", *objectives, *keys]
+    rows = [[str(t.number), *(f"{v:.4f}" for v in t.values), *(str(t.params.get(k, "")) for k in keys)]
+            for t in complete[:top]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+    return f"Best trials of study {study.study_name}:\n" + "\n".join(lines)

@@ -1,0 +1,179 @@
+"""Optuna sweeps through the real command: sqlite studies read back, pruning, resume after a
+kill, failing trials, MLflow parent/child runs and the registered model, bad sweep settings."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.slow
+TINY_SWEEP = ["dataset.num_train=120", "dataset.num_vali=40", "dataset.num_test=40", "dataset.max_docs=20",
+              "train.epochs=2", "train.verbose=0", "tracking.log_model=true"]
+
+
+def write_sweep(tmp_path: Path, name: str, params: dict[str, str]) -> str:
+    """A sweep file in a search-path folder of the test's own; returns the searchpath override."""
+    folder = tmp_path / "extra_conf" / "sweep"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["# @package _global_", "defaults:", "  - override /hydra/sweeper: ranking_optuna", "hydra:",
+             "  sweeper:", f"    study_name: {name}", "    params:"]
+    lines += [f"      {k}: {v}" for k, v in params.items()]
+    (folder / f"{name}.yaml").write_text("\n".join(lines) + "\n")
+    return f"hydra.searchpath=[file://{tmp_path / 'extra_conf'}]"
+
+
+def sweep_args(tmp_path: Path, params: dict[str, str], *extra: str) -> list[str]:
+    return ["-m", "+sweep=tiny", write_sweep(tmp_path, "tiny", params), *TINY_SWEEP,
+            "hydra.sweep.dir=multirun/sweep", *extra]
+
+
+def sweep(tmp_path: Path, params: dict[str, str], *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return run_cli(sweep_args(tmp_path, params, *extra), cwd=tmp_path, timeout=timeout)
+
+
+def load(tmp_path: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def states(study) -> list[str]:
+    return [t.state.name for t in study.get_trials()]
+
+
+SMALL_SPACE = {"scorer.hidden_layer_dims": "choice([8],[16,8])", "optimizer.learning_rate": "tag(log, interval(1e-3, 5e-2))"}
+
+
+def test_four_trials_complete_and_everything_reads_back(tmp_path):
+    r = sweep(tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.kind=none")
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = load(tmp_path)
+    assert states(study) == ["COMPLETE"] * 4
+    assert {"scorer.hidden_layer_dims", "optimizer.learning_rate"} == set(study.best_trial.params)
+    results = yaml.safe_load((tmp_path / "multirun/sweep/optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(study.best_value)
+    assert results["best_params"] == study.best_trial.params
+    assert "Best trials of study tiny" in r.stdout
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ranking_exp")
+    runs = client.search_runs([exp.experiment_id])
+    [parent] = [x for x in runs if x.data.tags.get("ranking_exp.role") == "sweep"]
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert sorted(int(c.data.tags["optuna_trial"]) for c in children) == [0, 1, 2, 3]
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.data.tags["best.optimizer.learning_rate"] == str(study.best_trial.params["optimizer.learning_rate"])
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/optimization_history.png" in plots
+    best_child = next(c for c in children if int(c.data.tags["optuna_trial"]) == study.best_trial.number)
+    version = client.get_model_version_by_alias("tiny", "champion")
+    assert version.run_id == best_child.info.run_id
+
+
+def test_a_trial_built_to_be_pruned_is_pruned(tmp_path):
+    # lr 1e-9 cannot learn; after the good configuration, the median pruner stops it at epoch 1.
+    r = sweep(tmp_path, {"optimizer.learning_rate": "choice(0.05, 1e-9)"}, "hydra.sweeper.n_trials=4",
+              "hydra.sweeper.sampler.kind=grid", "hydra.sweeper.sampler.seed=1", "train.epochs=4",
+              "hydra.sweeper.pruner.kind=median", "hydra.sweeper.pruner.n_startup_trials=1",
+              "hydra.sweeper.pruner.n_warmup_steps=0", "dataset.num_train=300")
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = load(tmp_path)
+    pruned = [t for t in study.get_trials() if t.state.name == "PRUNED"]
+    assert pruned and all(t.params["optimizer.learning_rate"] == 1e-9 for t in pruned)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ranking_exp").experiment_id],
+                              filter_string="tags.state = 'PRUNED'")
+    assert len(runs) == len(pruned) and all(x.info.status == "KILLED" for x in runs)
+    history = client.get_metric_history(runs[0].info.run_id, "val_ndcg_10")
+    assert len(history) < 4  # stopped at once, not trained to the end
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # A huge learning rate diverges to NaN: that trial FAILs, the other completes.
+    r = sweep(tmp_path, {"optimizer.learning_rate": "choice(0.01, 1e12)"}, "hydra.sweeper.n_trials=2",
+              "hydra.sweeper.sampler.kind=grid", "hydra.sweeper.pruner.kind=none", "hydra.sweeper.max_failure_rate=1.0",
+              "optimizer=sgd")
+    assert r.returncode == 0, r.stderr[-3000:]
+    by_lr = {t.params["optimizer.learning_rate"]: t for t in load(tmp_path).get_trials()}
+    assert by_lr[0.01].state.name == "COMPLETE" and by_lr[1e12].state.name == "FAIL"
+    assert "diverged" in by_lr[1e12].user_attrs["error"]
+
+
+def test_running_again_continues_the_study_up_to_n_trials(tmp_path):
+    extra = ["hydra.sweeper.pruner.kind=none"]
+    assert sweep(tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=2", *extra).returncode == 0
+    assert sweep(tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=3", *extra).returncode == 0
+    assert states(load(tmp_path)) == ["COMPLETE"] * 3
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parents = client.search_runs([client.get_experiment_by_name("ranking_exp").experiment_id],
+                                 filter_string="tags.`ranking_exp.role` = 'sweep'")
+    assert len(parents) == 1  # the same parent run continued
+
+
+def test_a_killed_sweep_resumes_and_retries_the_lost_trial(tmp_path):
+    args = [sys.executable, "-m", "ranking_exp", *sweep_args(
+        tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.kind=none",
+        "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3", "train.epochs=30", "dataset.num_train=400")]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (tmp_path / "optuna.db").exists() and "RUNNING" in states(load(tmp_path)):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("no trial started")
+        time.sleep(4)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = load(tmp_path).get_trials()
+    assert [t.state.name for t in killed] == ["RUNNING"]
+    time.sleep(4)  # past the grace period
+    r = sweep(tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.kind=none",
+              "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = load(tmp_path).get_trials()
+    assert [t.state.name for t in trials].count("COMPLETE") == 2
+    assert trials[0].state.name == "FAIL"
+    retried = [t for t in trials[1:] if t.params == killed[0].params]
+    assert retried and retried[0].state.name == "COMPLETE"  # the lost configuration ran again
+
+
+@pytest.mark.parametrize("params,override,message", [
+    ({"scorer.nope": "interval(0,1)"}, None, "error: hydra.sweeper.params.scorer.nope: no such config key or group"),
+    ({"scorer.dropout": "interval(0.5,0.5)"}, None,
+     "error: hydra.sweeper.params.scorer.dropout: empty interval interval(0.5,0.5) (low must be < high)"),
+    (SMALL_SPACE, "hydra.sweeper.sampler.kind=bogus", "error: hydra.sweeper.sampler.kind: 'bogus' is not a sampler"),
+    (SMALL_SPACE, "hydra.sweeper.pruner.kind=nope", "error: hydra.sweeper.pruner.kind: 'nope' is not a pruner"),
+    (SMALL_SPACE, "hydra.sweeper.params.nope=3", "error: hydra.sweeper.params.nope:"),
+], ids=["unknown path", "empty interval", "unknown sampler", "unknown pruner", "params typo"])
+def test_bad_sweep_files_fail_in_one_line_before_training(tmp_path, params, override, message):
+    r = run_cli(sweep_args(tmp_path, params, *([override] if override else [])), cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith(message) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_shipped_sweeps_pass_their_checks(tmp_path):
+    from hydra import compose, initialize_config_module
+
+    from hydra_plugins.ranking_exp_sweeper.sweeper import RankingOptunaSweeper
+    from ranking_exp.config import register_configs
+
+    register_configs()
+    for name in ("dnn_softmax", "losses"):
+        with initialize_config_module("ranking_exp.conf", version_base="1.3"):
+            cfg = compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+        assert cfg.hydra.sweeper._target_.endswith("RankingOptunaSweeper")
+        RankingOptunaSweeper.preflight(cfg.hydra.sweeper, cfg, [])
