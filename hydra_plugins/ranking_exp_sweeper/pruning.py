@@ -11,24 +11,21 @@ import math
 import optuna
 import tensorflow as tf
 
-from ranking_exp.errors import RunStopped
-
-
-class TrialPruned(optuna.TrialPruned, RunStopped):
-    """Optuna's prune signal that ranking_exp's tracker also understands (MLflow tag state=PRUNED)."""
-
-    state = "PRUNED"
+from hydra_plugins.ranking_exp_sweeper.config import PrunerConfig
+from hydra_plugins.ranking_exp_sweeper.factories import TrialPruned, make_pruner
 
 
 class OptunaPruningCallback(tf.keras.callbacks.Callback):
-    def __init__(self, storage: str, study_name: str, trial_id: int, monitor: str):
+    def __init__(self, storage: str, study_name: str, trial_id: int, monitor: str, pruner: dict | None = None):
         super().__init__()
         self.storage_url, self.study_name, self.trial_id, self.monitor = storage, study_name, trial_id, monitor
+        # The storage does not keep the pruner: rebuild the sweep's from its config.
+        self.pruner = make_pruner(PrunerConfig(**dict(pruner or {})))
         self._trial = None
 
     def _get_trial(self) -> optuna.Trial:
         if self._trial is None:
-            study = optuna.load_study(study_name=self.study_name, storage=self.storage_url)
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage_url, pruner=self.pruner)
             self._trial = optuna.Trial(study, self.trial_id)
         return self._trial
 

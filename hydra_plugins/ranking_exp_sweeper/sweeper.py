@@ -23,8 +23,10 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.ranking_exp_sweeper.config import PrunerConfig, RankingOptunaSweeperConf, SamplerConfig
-from hydra_plugins.ranking_exp_sweeper.pruning import TrialPruned
+import dataclasses
+
+from hydra_plugins.ranking_exp_sweeper.config import RankingOptunaSweeperConf
+from hydra_plugins.ranking_exp_sweeper.factories import TrialPruned, make_pruner, make_sampler
 from hydra_plugins.ranking_exp_sweeper.space import check_paths, override_value, parse_params
 from ranking_exp.config import GROUPS
 from ranking_exp.errors import ConfigError, UserError
@@ -38,35 +40,6 @@ TrialState = optuna.trial.TrialState
 
 class SweepFailed(UserError):
     """Too many trials failed."""
-
-
-def make_sampler(c: SamplerConfig, distributions) -> optuna.samplers.BaseSampler:
-    if c.kind == "tpe":
-        return optuna.samplers.TPESampler(seed=c.seed, n_startup_trials=c.n_startup_trials, multivariate=c.multivariate)
-    if c.kind == "random":
-        return optuna.samplers.RandomSampler(seed=c.seed)
-    if c.kind == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=c.seed)
-    if c.kind == "nsgaii":
-        return optuna.samplers.NSGAIISampler(seed=c.seed, population_size=c.population_size)
-    grid = {}
-    for key, d in distributions.items():
-        if not isinstance(d, optuna.distributions.CategoricalDistribution):
-            raise ConfigError(f"hydra.sweeper.params.{key}: the grid sampler needs choice(...) values")
-        grid[key] = list(d.choices)
-    return optuna.samplers.GridSampler(grid, seed=c.seed)
-
-
-def make_pruner(c: PrunerConfig) -> optuna.pruners.BasePruner:
-    if c.kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=c.n_startup_trials, n_warmup_steps=c.n_warmup_steps,
-                                           interval_steps=c.interval_steps)
-    if c.kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=c.min_resource, max_resource=c.max_resource,
-                                              reduction_factor=c.reduction_factor)
-    if c.kind == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=c.min_resource, reduction_factor=c.reduction_factor)
-    return optuna.pruners.NopPruner()
 
 
 def resolve_storage_url(url: str) -> str:
@@ -148,6 +121,7 @@ class RankingOptunaSweeper(Sweeper):
         self.launcher = None
         self.config: DictConfig | None = None
         self.job_idx = 0
+        self._grid_done = False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context = hydra_context
@@ -227,15 +201,28 @@ class RankingOptunaSweeper(Sweeper):
                     overrides.append(
                         "callbacks.extra=[{_target_:hydra_plugins.ranking_exp_sweeper.pruning.OptunaPruningCallback,"
                         f"storage:'{storage_url}',study_name:'{study.study_name}',trial_id:{trial._trial_id},"
-                        f"monitor:{monitor}}}]")
+                        f"monitor:{monitor},pruner:{inline(dataclasses.asdict(conf.pruner))}}}]")
                 batch.append(overrides)
             with _Heartbeat(storage, [t._trial_id for t in trials], conf.heartbeat_interval) if storage else _nullctx():
                 returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
             self.job_idx += len(batch)
             for trial, ret in zip(trials, returns):
                 self._tell(study, trial, ret, objectives)
+            if self._grid_done:
+                log.info("every grid point has been tried")
+                return
 
-    def _tell(self, study, trial, ret, objectives) -> None:
+    def _tell(self, study, trial, *args) -> None:
+        try:
+            self._tell_result(study, trial, *args)
+        except RuntimeError as e:
+            # GridSampler calls study.stop() once the grid is exhausted, which only works inside
+            # study.optimize; the trial's state is stored before that (optuna's tell uses finally).
+            if "Study.stop" not in str(e):
+                raise
+            self._grid_done = True
+
+    def _tell_result(self, study, trial, ret, objectives) -> None:
         if ret.status == JobStatus.FAILED:
             error = ret._return_value
             if isinstance(error, TrialPruned):
@@ -305,6 +292,18 @@ def plots(study, sweep_dir: Path) -> list[Path]:
         except Exception as e:  # e.g. importances need two completed trials with varied params
             log.info("no %s plot: %s", name, e)
     return out
+
+
+def inline(d: dict) -> str:
+    """A flat dict as Hydra override text: {a:1,b:'x',c:null}."""
+    def text(v):
+        if v is None:
+            return "null"
+        if isinstance(v, str):
+            return f"'{v}'"
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    return "{" + ",".join(f"{k}:{text(v)}" for k, v in d.items()) + "}"
 
 
 class _nullctx:
