@@ -20,6 +20,10 @@ class ConfigError(UserError):
     """A bad config value: the message starts with the config key."""
 
 
+class TrainingDiverged(UserError):
+    """The loss or the validation metric became NaN or infinite: lower the learning rate."""
+
+
 class RunStopped(Exception):
     """Raised from inside training to end a run early on purpose (e.g. a pruned sweep trial).
 

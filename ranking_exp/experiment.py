@@ -20,14 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ranking_exp.config import CustomScorerConfig, RunConfig
 from ranking_exp.data.sources import prepare
-from ranking_exp.errors import UserError
+from ranking_exp.errors import TrainingDiverged
 from ranking_exp.plugins import load_callable
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(UserError):
-    """The loss or the validation metric became NaN/inf: lower the learning rate."""
 
 
 @dataclasses.dataclass

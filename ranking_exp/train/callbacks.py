@@ -2,14 +2,31 @@
 stopping, learning-rate reduction. All watch ``val_<metrics.monitor>`` (higher is better)."""
 from __future__ import annotations
 
+import math
 import os
 
 import tensorflow as tf
 from hydra.utils import instantiate
 
 from ranking_exp.config import RunConfig
+from ranking_exp.errors import TrainingDiverged
 
 BEST_CHECKPOINT_DIR = "best_checkpoint"  # where TF Ranking's pipeline looks for the best weights
+
+
+class StopOnNaN(tf.keras.callbacks.Callback):
+    """Ends training at the first non-finite loss with a clear error (Keras' TerminateOnNaN
+    stops quietly and leaves NaN weights to be exported)."""
+
+    def __init__(self, learning_rate: float):
+        super().__init__()
+        self.learning_rate = learning_rate
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(f"training diverged: loss is {float(loss)} at batch {batch} "
+                                   f"(try a lower optimizer.learning_rate than {self.learning_rate})")
 
 
 def build_callbacks(run: RunConfig, model_dir: str) -> list[tf.keras.callbacks.Callback]:
@@ -35,6 +52,6 @@ def build_callbacks(run: RunConfig, model_dir: str) -> list[tf.keras.callbacks.C
         out.append(tf.keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, mode="max", factor=c.reduce_lr.factor, patience=c.reduce_lr.patience,
             min_lr=c.reduce_lr.min_lr))
-    out.append(tf.keras.callbacks.TerminateOnNaN())
+    out.append(StopOnNaN(run.optimizer.learning_rate))
     out.extend(instantiate(node) for node in c.extra)
     return out
