@@ -444,6 +444,9 @@ class TrainConfig:
     steps_per_execution: int = 1
     verbose: int = 2
     deterministic: bool = True
+    # CPU threads for TensorFlow's ops (null: all cores). Set it when trials run in parallel
+    # (hydra/launcher=joblib) so they don't fight over cores.
+    threads: Optional[int] = None
 
     def __post_init__(self):
         _check(self.epochs > 0, "train.epochs", f"must be > 0 (got {self.epochs})")
@@ -452,6 +455,7 @@ class TrainConfig:
         _check(self.list_size is None or self.list_size > 0, "train.list_size", "must be > 0 or null")
         _check(self.steps_per_execution > 0, "train.steps_per_execution", "must be > 0")
         _check(self.verbose in (0, 1, 2), "train.verbose", "must be 0, 1 or 2")
+        _check(self.threads is None or self.threads > 0, "train.threads", "must be > 0 or null")
 
 
 @dataclass

@@ -46,6 +46,21 @@ def check_plugins(run: RunConfig) -> None:
         load_callable(run.model.builder, "model.builder")
 
 
+def limit_threads(threads: int | None) -> None:
+    """Caps TensorFlow's CPU threads; must run before TensorFlow executes its first op."""
+    if not threads:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # already initialized by an earlier job in this worker process
+        if tf.config.threading.get_intra_op_parallelism_threads() != threads:
+            log.warning("train.threads=%s ignored: TensorFlow already runs with %s threads in this process",
+                        threads, tf.config.threading.get_intra_op_parallelism_threads())
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     import tensorflow as tf
 
@@ -57,6 +72,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def run_training(run: RunConfig, cfg: DictConfig, *, launch_dir: str, run_name: str | None = None,
                  tags: dict[str, str] | None = None, hydra_dir: str | None = None) -> RunResult:
     check_plugins(run)
+    limit_threads(run.train.threads)
     data = prepare(run.dataset)  # user data errors surface here, before any MLflow run exists
 
     from ranking_exp.tracking import Tracker

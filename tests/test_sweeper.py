@@ -18,7 +18,7 @@ from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
 TINY_SWEEP = ["dataset.num_train=120", "dataset.num_vali=40", "dataset.num_test=40", "dataset.max_docs=20",
-              "train.epochs=2", "train.verbose=0", "tracking.log_model=true"]
+              "train.epochs=2", "train.verbose=0", "tracking.log_model=false", "export.best=false"]
 
 
 def write_sweep(tmp_path: Path, name: str, params: dict[str, str]) -> str:
@@ -53,7 +53,8 @@ SMALL_SPACE = {"scorer.hidden_layer_dims": "choice([8],[16,8])", "optimizer.lear
 
 
 def test_four_trials_complete_and_everything_reads_back(tmp_path):
-    r = sweep(tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.kind=none")
+    r = sweep(tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.kind=none",
+              "tracking.log_model=true")
     assert r.returncode == 0, r.stderr[-3000:]
     study = load(tmp_path)
     assert states(study) == ["COMPLETE"] * 4
@@ -177,3 +178,14 @@ def test_shipped_sweeps_pass_their_checks(tmp_path):
             cfg = compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
         assert cfg.hydra.sweeper._target_.endswith("RankingOptunaSweeper")
         RankingOptunaSweeper.preflight(cfg.hydra.sweeper, cfg, [])
+
+
+def test_parallel_trials_through_the_joblib_launcher_with_thread_limits(tmp_path):
+    r = sweep(tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.kind=none",
+              "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2", "train.threads=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert states(load(tmp_path)) == ["COMPLETE"] * 2
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ranking_exp").experiment_id],
+                              filter_string="tags.state = 'COMPLETE'")
+    assert len(runs) == 2 and all(x.data.params["train.threads"] == "1" for x in runs)

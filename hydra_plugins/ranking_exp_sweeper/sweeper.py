@@ -36,6 +36,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 # We record heartbeats ourselves around ask/tell trials (see _Heartbeat).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 TrialState = optuna.trial.TrialState
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
 
 
 class SweepFailed(UserError):
@@ -161,7 +162,11 @@ class RankingOptunaSweeper(Sweeper):
 
         from ranking_exp.tracking import SweepRecorder
 
-        recorder = SweepRecorder(self.config.tracking.uri, self.config.tracking.experiment, Path.cwd(), name)
+        # Workers sharing the study share one parent run: its id lives in the study.
+        recorder = SweepRecorder(self.config.tracking.uri, self.config.tracking.experiment, Path.cwd(), name,
+                                 parent_run_id=study.user_attrs.get(PARENT_RUN_ATTR))
+        if study.user_attrs.get(PARENT_RUN_ATTR) is None:
+            study.set_user_attr(PARENT_RUN_ATTR, recorder.parent_run_id)
         log.info("Study %s (%s): %d trials, sampler %s, pruner %s; MLflow parent run %s",
                  name, storage_url or "in memory", conf.n_trials, conf.sampler.kind, conf.pruner.kind,
                  recorder.parent_run_id)
@@ -190,7 +195,11 @@ class RankingOptunaSweeper(Sweeper):
             budget = conf.n_trials - done - counts[TrialState.RUNNING]
             if budget <= 0:
                 return
-            trials = [study.ask(distributions) for _ in range(min(conf.n_jobs, budget))]
+            recorder.adopt(study.user_attrs.get(PARENT_RUN_ATTR))  # another worker may have won the race
+            trials = [t for t in (study.ask(distributions) for _ in range(min(conf.n_jobs, budget)))
+                      if not self._surplus(study, t)]
+            if not trials:
+                return
             batch = []
             for trial in trials:
                 overrides = [*fixed, *(f"{k}={override_value(v)}" for k, v in trial.params.items())]
@@ -211,6 +220,17 @@ class RankingOptunaSweeper(Sweeper):
             if self._grid_done:
                 log.info("every grid point has been tried")
                 return
+
+    def _surplus(self, study, trial) -> bool:
+        """Another worker may have asked for the last trials at the same moment: never run more
+        than n_trials; a surplus trial ends FAIL (user attr ``surplus``) without running."""
+        live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        ahead = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
+        if len(ahead) < self.conf.n_trials:
+            return False
+        trial.set_user_attr("surplus", "n_trials reached by other workers")
+        study.tell(trial, state=TrialState.FAIL)
+        return True
 
     def _tell(self, study, trial, *args) -> None:
         try:
@@ -284,7 +304,9 @@ def plots(study, sweep_dir: Path) -> list[Path]:
     for name, draw in (("optimization_history", ovm.plot_optimization_history),
                        ("param_importances", ovm.plot_param_importances)):
         try:
-            ax = draw(study) if len(study.directions) == 1 else draw(study, target=lambda t: t.values[0])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+                ax = draw(study) if len(study.directions) == 1 else draw(study, target=lambda t: t.values[0])
             path = sweep_dir / f"{name}.png"
             ax.figure.savefig(path, dpi=100, bbox_inches="tight")
             plt.close(ax.figure)

@@ -178,10 +178,16 @@ class SweepRecorder:
 
     ROLE_TAG, STUDY_TAG = "ranking_exp.role", "ranking_exp.study"
 
-    def __init__(self, uri: str, experiment: str, launch_dir: str | os.PathLike, study_name: str):
+    def __init__(self, uri: str, experiment: str, launch_dir: str | os.PathLike, study_name: str,
+                 parent_run_id: str | None = None):
         self.tracker = Tracker(uri, experiment, launch_dir)
         self.client = self.tracker.client
         self.study_name = study_name
+        self._created = False
+        if parent_run_id:
+            self.parent_run_id = parent_run_id
+            self.client.update_run(parent_run_id, status="RUNNING")
+            return
         found = self.client.search_runs(
             [self.tracker.experiment_id],
             filter_string=f"tags.`{self.ROLE_TAG}` = 'sweep' and tags.`{self.STUDY_TAG}` = '{study_name}'",
@@ -193,6 +199,18 @@ class SweepRecorder:
             run = self.client.create_run(self.tracker.experiment_id, run_name=f"sweep-{study_name}",
                                          tags={self.ROLE_TAG: "sweep", self.STUDY_TAG: study_name})
             self.parent_run_id = run.info.run_id
+            self._created = True
+
+    def adopt(self, parent_run_id: str | None) -> None:
+        """Switches to the parent run another worker registered first, deleting ours if unused."""
+        if not parent_run_id or parent_run_id == self.parent_run_id:
+            return
+        mine = self.parent_run_id
+        self.parent_run_id = parent_run_id
+        children = self.client.search_runs([self.tracker.experiment_id],
+                                           filter_string=f"tags.`mlflow.parentRunId` = '{mine}'", max_results=1)
+        if self._created and not children:
+            self.client.delete_run(mine)
 
     def finish(self, summary: Mapping[str, Any], best_run_id: str | None, images: list[Path] = (),
                register_as: str | None = None, alias: str = "champion", model_uri: str | None = None) -> str | None:
