@@ -49,6 +49,13 @@ def test_configs_ship_with_the_wheel(wheel_venv, tmp_path):
     assert r.returncode == 0 and "tracking_uri" in r.stdout
 
 
+def test_sweeper_plugin_and_sweeps_ship_with_the_wheel(wheel_venv, tmp_path):
+    r = run(wheel_venv, ["-m", "ranking_exp", "+sweep=dnn_softmax", "--cfg", "hydra", "-p", "hydra.sweeper"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "hydra_plugins.ranking_exp_sweeper.sweeper.RankingOptunaSweeper" in r.stdout
+    assert "study_name: dnn_softmax" in r.stdout
+
+
 def test_a_tiny_run_from_the_wheel(wheel_venv, tmp_path):
     r = run(wheel_venv, ["-m", "ranking_exp", "train.epochs=1", "dataset.num_train=60", "dataset.num_vali=20",
                          "dataset.num_test=20", "scorer.hidden_layer_dims=[8]", "train.verbose=0"], tmp_path)
