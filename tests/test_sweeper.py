@@ -189,3 +189,24 @@ def test_parallel_trials_through_the_joblib_launcher_with_thread_limits(tmp_path
     runs = client.search_runs([client.get_experiment_by_name("ranking_exp").experiment_id],
                               filter_string="tags.state = 'COMPLETE'")
     assert len(runs) == 2 and all(x.data.params["train.threads"] == "1" for x in runs)
+
+
+def test_multi_objective_sweep_with_nsgaii(tmp_path):
+    r = sweep(tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.kind=nsgaii",
+              "hydra.sweeper.objective=[best_val_ndcg_10,best_val_map]", "hydra.sweeper.direction=[maximize,maximize]")
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = load(tmp_path)
+    assert [len(t.values) for t in study.trials] == [2, 2]
+    results = yaml.safe_load((tmp_path / "multirun/sweep/optimization_results.yaml").read_text())
+    assert results["solutions"] and all(len(s["values"]) == 2 for s in results["solutions"])
+
+
+def test_plain_multirun_jobs_do_not_affect_each_other(tmp_path):
+    """The basic sweeper runs jobs in one process: the same config twice gives the same numbers."""
+    r = run_cli(["-m", "seed=5,5", *TINY_SWEEP, "scorer.hidden_layer_dims=[8]"], cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ranking_exp").experiment_id])
+    assert len(runs) == 2 and runs[0].info.run_id != runs[1].info.run_id
+    assert runs[0].data.metrics["test_ndcg_10"] == runs[1].data.metrics["test_ndcg_10"]
+    assert runs[0].data.metrics["best_val_map"] == runs[1].data.metrics["best_val_map"]
