@@ -95,7 +95,7 @@ def test_a_trial_built_to_be_pruned_is_pruned(tmp_path):
                               filter_string="tags.state = 'PRUNED'")
     assert len(runs) == len(pruned) and all(x.info.status == "KILLED" for x in runs)
     history = client.get_metric_history(runs[0].info.run_id, "val_ndcg_10")
-    assert len(history) < 4  # stopped at once, not trained to the end
+    assert 1 <= len(history) < 4  # the pruned epoch is recorded, and training stopped there
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):

@@ -236,8 +236,8 @@ class SweepRecorder:
         for image in images:
             self.client.log_artifact(rid, str(image), "plots")
         version = None
-        if register_as and (model_uri or best_run_id):
-            mv = mlflow.register_model(model_uri or f"runs:/{best_run_id}/{MODEL_NAME}", register_as)
+        if register_as and model_uri:  # trials log a model unless tracking.log_model=false
+            mv = mlflow.register_model(model_uri, register_as)
             self.client.set_registered_model_alias(register_as, alias, mv.version)
             self.client.set_tag(rid, "registered_model", f"models:/{register_as}@{alias}")
             version = mv.version

@@ -81,7 +81,9 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
         return build_metrics(self._run.metrics)
 
     def build_callbacks(self):
-        return build_callbacks(self._run, self._hparams.model_dir) + self._extra_callbacks
+        # Bookkeeping (MLflow) first, so an epoch is recorded even when a later callback
+        # (e.g. a sweep's pruning callback) ends training at that epoch.
+        return self._extra_callbacks + build_callbacks(self._run, self._hparams.model_dir)
 
     def export_saved_model(self, model, export_to, checkpoint=None):
         """TF Ranking's export, plus the feature spec beside it (the serving format).
