@@ -9,10 +9,23 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: setup run test test-fast ui clean
 
+# PostgreSQL server binaries for the shared-storage sweep test (tests/test_sweeper_postgres.py):
+# installed with apt as root when no initdb is found; otherwise those tests skip (they fail under CI).
+ENSURE_POSTGRES = if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing PostgreSQL (apt) for the shared-storage sweep test"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } >/dev/null \
+	      || echo "note: could not install PostgreSQL; the PostgreSQL sweep tests will skip"; \
+	  else \
+	    echo "note: no PostgreSQL server binaries (initdb) and not root: the PostgreSQL sweep tests will skip"; \
+	  fi; \
+	fi
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
+	@$(ENSURE_POSTGRES)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)

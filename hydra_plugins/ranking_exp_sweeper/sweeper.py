@@ -149,9 +149,12 @@ class RankingOptunaSweeper(Sweeper):
         storage_url = resolve_storage_url(conf.storage) if conf.storage else None
         storage = None
         if storage_url:
-            storage = optuna.storages.RDBStorage(
+            from ranking_exp.shared_db import open_shared
+
+            storage = open_shared(lambda: optuna.storages.RDBStorage(
                 storage_url, heartbeat_interval=conf.heartbeat_interval, grace_period=conf.grace_period,
-                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=conf.max_retry))
+                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=conf.max_retry)),
+                f"Optuna storage {storage_url}")
         name = self.study_name()
         study = optuna.create_study(
             study_name=name, storage=storage, sampler=make_sampler(conf.sampler, distributions),
@@ -165,8 +168,7 @@ class RankingOptunaSweeper(Sweeper):
         # Workers sharing the study share one parent run: its id lives in the study.
         recorder = SweepRecorder(self.config.tracking.uri, self.config.tracking.experiment, Path.cwd(), name,
                                  parent_run_id=study.user_attrs.get(PARENT_RUN_ATTR))
-        if study.user_attrs.get(PARENT_RUN_ATTR) is None:
-            study.set_user_attr(PARENT_RUN_ATTR, recorder.parent_run_id)
+        self._adopt_parent(study, recorder)
         log.info("Study %s (%s): %d trials, sampler %s, pruner %s; MLflow parent run %s",
                  name, storage_url or "in memory", conf.n_trials, conf.sampler.kind, conf.pruner.kind,
                  recorder.parent_run_id)
@@ -174,6 +176,12 @@ class RankingOptunaSweeper(Sweeper):
             self._run_trials(study, storage, storage_url, distributions, fixed, objectives, monitor, recorder)
         finally:
             self._finish(study, objectives, sweep_dir, recorder)
+
+    @staticmethod
+    def _adopt_parent(study, recorder) -> None:
+        parent = recorder.adopt()
+        if study.user_attrs.get(PARENT_RUN_ATTR) != parent:
+            study.set_user_attr(PARENT_RUN_ATTR, parent)
 
     def _counts(self, study) -> dict[TrialState, int]:
         counts = {s: 0 for s in TrialState}
@@ -195,7 +203,7 @@ class RankingOptunaSweeper(Sweeper):
             budget = conf.n_trials - done - counts[TrialState.RUNNING]
             if budget <= 0:
                 return
-            recorder.adopt(study.user_attrs.get(PARENT_RUN_ATTR))  # another worker may have won the race
+            self._adopt_parent(study, recorder)  # workers that started together agree on one parent
             trials = [t for t in (study.ask(distributions) for _ in range(min(conf.n_jobs, budget)))
                       if not self._surplus(study, t)]
             if not trials:

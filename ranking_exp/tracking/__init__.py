@@ -17,6 +17,8 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from ranking_exp.shared_db import open_shared
+
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 MODEL_NAME = "model"
 
@@ -51,7 +53,8 @@ class Tracker:
         self.uri = resolve_uri(uri, launch_dir)
         self.experiment = experiment
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
+        # Opening a fresh database store creates its schema; sweep workers may do that together.
+        self.client = open_shared(lambda: MlflowClient(self.uri), f"MLflow store {self.uri}")
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self._create_experiment(launch_dir)
         self.run_id: str | None = None
@@ -201,16 +204,26 @@ class SweepRecorder:
             self.parent_run_id = run.info.run_id
             self._created = True
 
-    def adopt(self, parent_run_id: str | None) -> None:
-        """Switches to the parent run another worker registered first, deleting ours if unused."""
-        if not parent_run_id or parent_run_id == self.parent_run_id:
-            return
+    def adopt(self) -> str:
+        """The parent run all workers of the study share: of its RUNNING parent runs, the one
+        created first (workers that start together each create one; this choice is the same in
+        every worker and never changes once made). Deletes ours if it lost and has no children."""
+        running = self.client.search_runs(
+            [self.tracker.experiment_id],
+            filter_string=(f"tags.`{self.ROLE_TAG}` = 'sweep' and tags.`{self.STUDY_TAG}` = '{self.study_name}'"
+                           " and attributes.status = 'RUNNING'"), max_results=1000)
+        if not running:
+            return self.parent_run_id
+        first = min(running, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
         mine = self.parent_run_id
-        self.parent_run_id = parent_run_id
-        children = self.client.search_runs([self.tracker.experiment_id],
-                                           filter_string=f"tags.`mlflow.parentRunId` = '{mine}'", max_results=1)
-        if self._created and not children:
-            self.client.delete_run(mine)
+        if first != mine:
+            self.parent_run_id = first
+            children = self.client.search_runs([self.tracker.experiment_id],
+                                               filter_string=f"tags.`mlflow.parentRunId` = '{mine}'", max_results=1)
+            if self._created and not children:
+                self.client.delete_run(mine)
+                self._created = False
+        return self.parent_run_id
 
     def finish(self, summary: Mapping[str, Any], best_run_id: str | None, images: list[Path] = (),
                register_as: str | None = None, alias: str = "champion", model_uri: str | None = None) -> str | None:
@@ -243,3 +256,35 @@ class SweepRecorder:
             version = mv.version
         self.client.set_terminated(rid, "FINISHED" if summary.get("n_complete") else "FAILED")
         return version
+
+
+def model_source(uri: str, tracking_uri: str | None, launch_dir: str | os.PathLike) -> dict[str, Any]:
+    """What an MLflow model URI points at: ``run_id``, and for the registry ``registered_model``
+    and ``version`` (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/NAME/STAGE``);
+    ``model_id`` for MLflow 3 logged-model URIs (``models:/m-...``)."""
+    client = MlflowClient(resolve_uri(tracking_uri, launch_dir) if tracking_uri else None)
+    out: dict[str, Any] = {}
+    if uri.startswith("runs:/"):
+        out["run_id"] = uri[len("runs:/"):].strip("/").split("/")[0]
+        return out
+    if not uri.startswith("models:/"):
+        return out
+    rest = uri[len("models:/"):].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    elif "/" in rest:
+        name, ref = rest.split("/", 1)
+        mv = client.get_model_version(name, ref) if ref.isdigit() else client.get_latest_versions(name, [ref])[0]
+    else:
+        logged = client.get_logged_model(rest)
+        out["model_id"] = logged.model_id
+        if logged.source_run_id:
+            out["run_id"] = logged.source_run_id
+        return out
+    out.update(registered_model=mv.name, version=str(mv.version))
+    if mv.run_id:
+        out["run_id"] = mv.run_id
+    if getattr(mv, "model_id", None):
+        out["model_id"] = mv.model_id
+    return out
