@@ -78,6 +78,38 @@ def test_four_trials_complete_and_everything_reads_back(tmp_path):
     best_child = next(c for c in children if int(c.data.tags["optuna_trial"]) == study.best_trial.number)
     version = client.get_model_version_by_alias("tiny", "champion")
     assert version.run_id == best_child.info.run_id
+    assert_opens_in_optuna_dashboard(tmp_path, f"sqlite:///{tmp_path / 'optuna.db'}", "tiny", 4)
+
+
+def assert_opens_in_optuna_dashboard(tmp_path: Path, storage: str, study_name: str, n_trials: int) -> None:
+    """The real optuna-dashboard server, on the same storage URL, lists the study and its trials."""
+    import json
+    import urllib.request
+
+    from tests.postgres import free_port
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    with open(tmp_path / "dashboard.log", "w") as log:
+        proc = subprocess.Popen([str(exe), storage, "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline, studies = time.time() + 60, None
+        while studies is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as resp:
+                    studies = json.load(resp)["study_summaries"]
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    pytest.fail("optuna-dashboard did not serve: " + (tmp_path / "dashboard.log").read_text()[-2000:])
+                time.sleep(0.5)
+        [summary] = [s for s in studies if s["study_name"] == study_name]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=30) as resp:
+            detail = json.load(resp)
+        assert [t["state"] for t in detail["trials"]] == ["Complete"] * n_trials
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_a_trial_built_to_be_pruned_is_pruned(tmp_path):
