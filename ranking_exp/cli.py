@@ -162,8 +162,11 @@ def _train_task(cfg: DictConfig) -> dict[str, float]:
     hydra_dir = os.path.join(hc.runtime.output_dir, hc.output_subdir) if hc.output_subdir else None
     result = run_training(run, cfg, launch_dir=get_original_cwd(), run_name=run_name, tags=tags,
                           hydra_dir=hydra_dir)
-    log.info("MLflow run %s (%s), model %s\n%s", result.run_id, run.tracking.uri, result.model_uri,
-             summary_table(result))
+    if result.run_id:
+        log.info("MLflow run %s (%s), model %s\n%s", result.run_id, run.tracking.uri, result.model_uri,
+                 summary_table(result))
+    else:  # a non-chief worker of a multi-worker run
+        log.info("worker done; the chief exports and records the run\n%s", summary_table(result))
     return {"objective": result.objective, **result.metrics, "mlflow_run_id": result.run_id,
             "model_uri": result.model_uri}
 

@@ -278,23 +278,65 @@ class OptimizerConfig:
 # strategy
 # --------------------------------------------------------------------------------------
 STRATEGIES = ("none", "mirrored", "multi_worker_mirrored", "parameter_server", "tpu")
-RUNNABLE_STRATEGIES = ("none", "mirrored")
+RUNNABLE_STRATEGIES = ("none", "mirrored", "multi_worker_mirrored", "tpu")
+# Why parameter_server stops at start (one line; see README "Distributed training").
+PARAMETER_SERVER_UNSUPPORTED = (
+    "strategy=parameter_server is not supported: Keras' ParameterServerStrategy needs an endless dataset "
+    "with steps_per_epoch and runs no BackupAndRestore, while ranking_exp trains whole passes over the data "
+    "(train.epochs) and resumes from backups; use strategy=multi_worker_mirrored")
 
 
 @option("strategy", *STRATEGIES)
 @dataclass
 class StrategyConfig:
-    """A ``tf.distribute`` strategy. Only ``none`` and ``mirrored`` run end to end so far."""
+    """A ``tf.distribute`` strategy.
+
+    ``multi_worker_mirrored``: the cluster is ``workers`` (``host:port`` of every worker, worker 0
+    is the chief) with this process's ``task_index``, or else ``TF_CONFIG``; with neither, one
+    worker with its local devices. ``tpu``: ``tpu`` is the TPU's address (``grpc://host:port``, a
+    TPU name, or empty/``local`` on a TPU VM).
+    """
 
     kind: str = "none"
     devices: Optional[list[str]] = None
     tpu: str = ""
+    workers: list[str] = field(default_factory=list)
+    task_index: int = 0
+    # Seconds to wait for the other workers to come up, and for a collective operation to
+    # complete (a dead worker fails the others after this long instead of hanging them).
+    connect_timeout: float = 120.0
+    collective_timeout: float = 600.0
+    # Dataset sharding across workers: auto = by file when every worker gets at least one
+    # shard of the split, else by data (every worker reads everything and keeps its part).
+    shard_policy: str = "auto"
 
     def __post_init__(self):
         _check(self.kind in STRATEGIES, "strategy.kind", f"{self.kind!r} not in {STRATEGIES}")
+        if self.kind == "parameter_server":
+            raise ConfigError(f"strategy: {PARAMETER_SERVER_UNSUPPORTED}")
         _check(self.kind in RUNNABLE_STRATEGIES, "strategy",
-               f"strategy={self.kind} is not supported yet in this version of ranking_exp "
-               f"(use {' or '.join(RUNNABLE_STRATEGIES)})")
+               f"strategy={self.kind} is not supported (use {' or '.join(RUNNABLE_STRATEGIES)})")
+        _check(self.connect_timeout > 0, "strategy.connect_timeout", "must be > 0")
+        _check(self.collective_timeout > 0, "strategy.collective_timeout", "must be > 0")
+        _check(self.shard_policy in ("auto", "file", "data"), "strategy.shard_policy",
+               f"{self.shard_policy!r} not in auto, file, data")
+        if self.kind != "multi_worker_mirrored":
+            _check(not self.workers, "strategy.workers", f"only for strategy=multi_worker_mirrored (got {self.kind})")
+        else:
+            self.cluster()  # an index out of range, a bad address or a bad TF_CONFIG stops here
+
+    def cluster(self):
+        """The cluster (``ranking_exp.cluster.Cluster``) or None for a single worker."""
+        from ranking_exp.cluster import from_config
+
+        return from_config(list(self.workers), self.task_index)
+
+    def is_chief(self) -> bool:
+        """Whether this process exports and records the run (always, unless a non-chief worker)."""
+        if self.kind != "multi_worker_mirrored":
+            return True
+        cluster = self.cluster()
+        return cluster is None or cluster.is_chief
 
 
 # --------------------------------------------------------------------------------------
@@ -447,6 +489,12 @@ class TrainConfig:
     # CPU threads for TensorFlow's ops (null: all cores). Set it when trials run in parallel
     # (hydra/launcher=joblib) so they don't fight over cores.
     threads: Optional[int] = None
+    # Resumable training (Keras BackupAndRestore): the state after every epoch goes to
+    # backup_dir; a run killed or failed and started again with the same command continues
+    # from there (and in the same MLflow run). null: <launch dir>/.ranking_exp/backups/<hash of
+    # the composed config>, so "the same command" finds it although Hydra's run dir changes.
+    resume: bool = True
+    backup_dir: Optional[str] = None
 
     def __post_init__(self):
         _check(self.epochs > 0, "train.epochs", f"must be > 0 (got {self.epochs})")

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ranking_exp.config import CustomScorerConfig, RunConfig
 from ranking_exp.data.sources import prepare
-from ranking_exp.errors import TrainingDiverged
+from ranking_exp.errors import RunStopped, TrainingDiverged
 from ranking_exp.plugins import load_callable
 
 log = logging.getLogger(__name__)
@@ -73,34 +73,91 @@ def run_training(run: RunConfig, cfg: DictConfig, *, launch_dir: str, run_name: 
                  tags: dict[str, str] | None = None, hydra_dir: str | None = None) -> RunResult:
     check_plugins(run)
     limit_threads(run.train.threads)
+    strategy = _make_strategy(run)  # before TensorFlow's first op (multi-worker strategies need that)
     data = prepare(run.dataset)  # user data errors surface here, before any MLflow run exists
+
+    from ranking_exp.train.resume import ResumeDir
+
+    resume = ResumeDir.for_run(run, cfg, launch_dir)
+    if not run.strategy.is_chief():  # the chief alone records the run (and exports it)
+        from ranking_exp.tracking import NullTracker
+
+        state = resume.state() if resume is not None and resume.has_backup() else {}
+        return _train_and_record(run, data, NullTracker(), strategy, resume, state.get("best"), chief=False)
 
     from ranking_exp.tracking import Tracker
 
     tracker = Tracker(run.tracking.uri, run.tracking.experiment, launch_dir)
     tags = {**run.tracking.tags, **(tags or {}), "output_dir": run.output_dir, "data": str(data.root)}
-    with tracker.start_run(run.tracking.run_name or run_name, tags, parent_run_id=run.tracking.parent_run_id):
-        tracker.log_params(OmegaConf.to_container(cfg, resolve=True))
+    resume_run_id, initial_best = None, None
+    if resume is not None:
+        state = resume.state()
+        earlier = state.get("run_id")
+        if resume.has_backup():
+            initial_best = state.get("best")
+            if earlier and tracker.run_status(earlier) is not None:
+                resume_run_id = earlier
+                log.info("resuming MLflow run %s from the backup in %s", earlier, resume.root)
+            else:
+                log.info("resuming training from the backup in %s", resume.root)
+        else:
+            if earlier:  # killed before its first backup: nothing to continue, but don't leave it RUNNING
+                tracker.mark_failed(earlier, "INTERRUPTED")
+            resume.clear_stale()
+            resume.update(best=None, run_id=None)
+    with tracker.start_run(run.tracking.run_name or run_name, tags, parent_run_id=run.tracking.parent_run_id,
+                           resume_run_id=resume_run_id):
+        if resume_run_id is None:
+            tracker.log_params(OmegaConf.to_container(cfg, resolve=True))
+        if resume is not None:
+            attempt = int(resume.state().get("attempt", 0)) + 1
+            resume.update(run_id=tracker.run_id, output_dir=run.output_dir, attempt=attempt)
+            tracker.set_tags({"attempt": attempt, "backup_dir": str(resume.root)})
         if hydra_dir:
             tracker.log_artifacts(hydra_dir, "hydra")  # composed config, overrides, hydra.yaml
-        return _train_and_record(run, data, tracker)
+        try:
+            result = _train_and_record(run, data, tracker, strategy, resume, initial_best)
+        except RunStopped:
+            if resume is not None:  # ended on purpose (e.g. pruned): nothing to resume
+                resume.remove()
+            raise
+        if resume is not None:
+            resume.remove()
+        return result
 
 
-def _train_and_record(run: RunConfig, data, tracker) -> RunResult:
+def _make_strategy(run: RunConfig):
+    if run.strategy.kind == "none":
+        return None
+    from ranking_exp.train.strategy import make_strategy
+
+    return make_strategy(run.strategy)
+
+
+def _train_and_record(run: RunConfig, data, tracker, strategy, resume, initial_best, chief: bool = True) -> RunResult:
     import tensorflow as tf
 
     from ranking_exp.data.builder import RankingDatasetBuilder
     from ranking_exp.model.builder import build_model_builder
     from ranking_exp.train.pipeline import RankingPipeline
+    from ranking_exp.train.strategy import num_workers
 
-    tf.keras.backend.clear_session()  # jobs of a multirun share the process: start each from scratch
+    if strategy is None:
+        tf.keras.backend.clear_session()  # jobs of a multirun share the process: start each from scratch
     seed_everything(run.seed, run.train.deterministic)
     started = time.time()
-    datasets = RankingDatasetBuilder(data, run.train, run.seed)
+    datasets = RankingDatasetBuilder(data, run.train, run.seed, num_workers=num_workers(strategy),
+                                     shard_policy=run.strategy.shard_policy)
     model_builder = build_model_builder(run, data.spec, lambda: datasets.build_split_dataset("train"))
-    pipeline = RankingPipeline(model_builder, datasets, run, extra_callbacks=[tracker.keras_callback()])
+    pipeline = RankingPipeline(model_builder, datasets, run, extra_callbacks=[tracker.keras_callback()],
+                               strategy=strategy, is_chief=chief, resume=resume, initial_best=initial_best)
     pipeline.train_and_validate(verbose=run.train.verbose)
     train_seconds = time.time() - started
+    first = pipeline.epochs_run.first_epoch
+    if first:
+        log.info("resumed from the backup at epoch %d: trained epochs %d..%d", first + 1, first + 1,
+                 first + pipeline.epochs_run.count)
+        tracker.set_tags({"resumed_at_epoch": first})
 
     metrics: dict[str, float] = {}
     for split, prefix in (("vali", "best_val_"), ("test", "test_")):
@@ -112,6 +169,9 @@ def _train_and_record(run: RunConfig, data, tracker) -> RunResult:
         raise TrainingDiverged(f"training diverged: validation {run.metrics.monitor} is {objective} "
                                f"(try a lower optimizer.learning_rate than {run.optimizer.learning_rate})")
     metrics["train_seconds"] = train_seconds
+    if not chief:  # a non-chief worker: the chief exports, records and writes results.json
+        return RunResult(run_id="", output_dir=run.output_dir, objective=objective, metrics=metrics,
+                         exports={}, model_uri=None)
     tracker.log_metrics(metrics)
 
     model_uri = None

@@ -45,3 +45,15 @@ class WrappedKerasModel(tfr.keras.model.AbstractModelBuilder):
 
 
 NOT_CALLABLE = 3
+
+
+def scorer_failing_on_worker(index: int = 1, units: int = 4):
+    """A scorer that fails on one worker of a multi-worker run only (the others go on and would
+    wait for it): for the launcher's stop-the-others path."""
+    import json
+    import os
+
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    if task.get("index") == index:
+        raise RuntimeError(f"boom on worker {index}")
+    return TinyScorer(units)

@@ -16,7 +16,8 @@ from ranking_exp.model.signatures import RankingSignatures
 
 
 class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
-    def __init__(self, data: PreparedData, train: TrainConfig, seed: int):
+    def __init__(self, data: PreparedData, train: TrainConfig, seed: int, num_workers: int = 1,
+                 shard_policy: str = "auto"):
         spec = data.spec
         for split in ("train", "vali"):
             if data.split(split) is None or not data.split(split).files:
@@ -35,6 +36,21 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
         self.spec = spec
         self._train = train
         self._seed = seed
+        self._num_workers = num_workers
+        self._shard_policy = shard_policy
+
+    def _auto_shard(self, dataset: tf.data.Dataset, num_files: int) -> tf.data.Dataset:
+        """Multi-worker input: each worker reads its own shards (FILE) when every worker gets at
+        least one, else every worker reads all and keeps its part of the batches (DATA)."""
+        if self._num_workers <= 1:
+            return dataset
+        policy = self._shard_policy
+        if policy == "auto":
+            policy = "file" if num_files >= self._num_workers else "data"
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.FILE if policy == "file" else tf.data.experimental.AutoShardPolicy.DATA)
+        return dataset.with_options(options)
 
     def _build_dataset(self, file_pattern, batch_size, list_size=None, randomize_input=True, num_epochs=None):
         del num_epochs  # always one pass: Keras' epochs count passes over the data
@@ -55,7 +71,8 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
             drop_final_batch=False,
             seed=self._seed,
         )
-        return dataset.map(self._features_and_labels, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(self._features_and_labels, num_parallel_calls=tf.data.AUTOTUNE)
+        return self._auto_shard(dataset, len(list(file_pattern)))
 
     def build_split_dataset(self, split: str) -> tf.data.Dataset | None:
         """Whole lists of ``split`` in file order (for evaluation), or None if absent."""

@@ -72,13 +72,18 @@ class Tracker:
 
     @contextlib.contextmanager
     def start_run(self, run_name: str | None, tags: Mapping[str, str] | None = None,
-                  parent_run_id: str | None = None) -> Iterator[str]:
+                  parent_run_id: str | None = None, resume_run_id: str | None = None) -> Iterator[str]:
         """An active run; FAILED if the body raises, KILLED on Ctrl-C or when stopped on
-        purpose (tag ``state`` says why, e.g. PRUNED), FINISHED otherwise."""
+        purpose (tag ``state`` says why, e.g. PRUNED), FINISHED otherwise. ``resume_run_id``
+        continues an earlier run (RUNNING again) instead of creating one."""
         from ranking_exp.errors import RunStopped
 
-        run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=dict(tags or {}),
-                               parent_run_id=parent_run_id, nested=parent_run_id is not None)
+        if resume_run_id:
+            run = mlflow.start_run(run_id=resume_run_id, nested=parent_run_id is not None)
+            mlflow.set_tags(dict(tags or {}))
+        else:
+            run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=dict(tags or {}),
+                                   parent_run_id=parent_run_id, nested=parent_run_id is not None)
         self.run_id = run.info.run_id
         try:
             yield self.run_id
@@ -95,6 +100,23 @@ class Tracker:
         else:
             mlflow.set_tag("state", "COMPLETE")
             mlflow.end_run("FINISHED")
+
+    def run_status(self, run_id: str) -> str | None:
+        """RUNNING, FINISHED, FAILED, KILLED; None if there is no such (live) run."""
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException:
+            return None
+        return None if run.info.lifecycle_stage != "active" else run.info.status
+
+    def mark_failed(self, run_id: str, reason: str) -> None:
+        """Ends a run some killed process left RUNNING."""
+        if self.run_status(run_id) == "RUNNING":
+            self.client.set_tag(run_id, "state", reason)
+            self.client.set_terminated(run_id, "FAILED")
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         flat = flatten(params)
@@ -148,6 +170,29 @@ class Tracker:
                 tracker.log_metrics(metrics, step=epoch)
 
         return MlflowEpochLogger()
+
+
+class NullTracker:
+    """Records nothing: the tracker of a non-chief worker (the chief records the run)."""
+
+    run_id = None
+
+    def log_metrics(self, *args, **kwargs) -> None:
+        pass
+
+    def log_artifacts(self, *args, **kwargs) -> None:
+        pass
+
+    def set_tags(self, *args, **kwargs) -> None:
+        pass
+
+    def log_ranker(self, *args, **kwargs) -> None:
+        return None
+
+    def keras_callback(self):
+        import tensorflow as tf
+
+        return tf.keras.callbacks.Callback()
 
 
 def _requirements() -> list[str]:

@@ -29,7 +29,43 @@ class StopOnNaN(tf.keras.callbacks.Callback):
                                    f"(try a lower optimizer.learning_rate than {self.learning_rate})")
 
 
-def build_callbacks(run: RunConfig, model_dir: str) -> list[tf.keras.callbacks.Callback]:
+class BestWeights(tf.keras.callbacks.Callback):
+    """Keeps the weights of the best epoch in memory: the best export of a multi-worker task that
+    cannot read the chief's best checkpoint (every worker sees the same validation metrics)."""
+
+    def __init__(self, monitor: str, initial_best: float | None = None):
+        super().__init__()
+        self.monitor = monitor
+        self.best = -math.inf if initial_best is None else initial_best
+        self.weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and float(value) > self.best:
+            self.best = float(value)
+            self.weights = self.model.get_weights()
+
+
+class EpochsRun(tf.keras.callbacks.Callback):
+    """The first epoch this process trained (> 0 after a restore) and how many it trained."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_epoch: int | None = None
+        self.count = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.count += 1
+
+
+def build_callbacks(run: RunConfig, model_dir: str, best_dir: str | None = None,
+                    initial_best: float | None = None) -> list[tf.keras.callbacks.Callback]:
+    """``best_dir``: where the best checkpoint goes (default ``<model_dir>/best_checkpoint``);
+    ``initial_best``: the best validation value before a restore (only better epochs replace it)."""
     c = run.callbacks
     monitor = f"val_{run.metrics.monitor}"
     out: list[tf.keras.callbacks.Callback] = []
@@ -42,8 +78,9 @@ def build_callbacks(run: RunConfig, model_dir: str) -> list[tf.keras.callbacks.C
             os.path.join(model_dir, "checkpoints", "last"), save_weights_only=True))
     if run.export.best:
         out.append(tf.keras.callbacks.ModelCheckpoint(
-            os.path.join(model_dir, BEST_CHECKPOINT_DIR, "ckpt-{epoch:04d}"), monitor=monitor, mode="max",
-            save_weights_only=True, save_best_only=True))
+            os.path.join(best_dir or os.path.join(model_dir, BEST_CHECKPOINT_DIR), "ckpt-{epoch:04d}"),
+            monitor=monitor, mode="max", save_weights_only=True, save_best_only=True,
+            initial_value_threshold=initial_best))
     if c.early_stopping.enabled:
         out.append(tf.keras.callbacks.EarlyStopping(
             monitor=monitor, mode="max", patience=c.early_stopping.patience,
