@@ -116,6 +116,16 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+def check_structured(cfg: DictConfig) -> None:
+    """Validates a composed config against its structured schema; one-line ConfigError if not."""
+    from omegaconf import OmegaConf
+
+    try:
+        OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(one_line_omegaconf_error(e)) from None
+
+
 def run_hydra_app(task: Callable[[DictConfig], object], config_name: str,
                   check: Callable[[DictConfig], object] = to_run_config) -> None:
     """Preflight, then hand over to ``@hydra.main`` with ``task``."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ranking_exp.cli import run_hydra_app
+from ranking_exp.cli import check_structured, run_hydra_app
 from ranking_exp.config import MetricsConfig, expand_path
 from ranking_exp.errors import ConfigError, DataError
 
@@ -126,20 +126,8 @@ def _predict_task(cfg: DictConfig) -> None:
     sys.stdout.flush()
 
 
-def _check(cfg: DictConfig) -> None:
-    try:
-        OmegaConf.to_object(cfg)
-    except Exception as e:
-        from ranking_exp.config import one_line_omegaconf_error
-        from omegaconf.errors import OmegaConfBaseException
-
-        if isinstance(e, OmegaConfBaseException):
-            raise ConfigError(one_line_omegaconf_error(e)) from None
-        raise
-
-
 def main() -> None:
-    run_hydra_app(_predict_task, "predict", check=_check)
+    run_hydra_app(_predict_task, "predict", check=check_structured)
 
 
 if __name__ == "__main__":

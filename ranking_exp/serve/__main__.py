@@ -14,7 +14,7 @@ import tempfile
 
 from omegaconf import DictConfig, OmegaConf
 
-from ranking_exp.cli import run_hydra_app
+from ranking_exp.cli import check_structured, run_hydra_app
 from ranking_exp.errors import ConfigError
 from ranking_exp.serve.config import ServeConfig
 
@@ -84,21 +84,8 @@ def _serve_task(cfg: DictConfig) -> None:
     serve(c, launch_dir)
 
 
-def _check(cfg: DictConfig) -> None:
-    try:
-        OmegaConf.to_object(cfg)
-    except Exception as e:
-        from omegaconf.errors import OmegaConfBaseException
-
-        from ranking_exp.config import one_line_omegaconf_error
-
-        if isinstance(e, OmegaConfBaseException):
-            raise ConfigError(one_line_omegaconf_error(e)) from None
-        raise
-
-
 def main() -> None:
-    run_hydra_app(_serve_task, "serve", check=_check)
+    run_hydra_app(_serve_task, "serve", check=check_structured)
 
 
 if __name__ == "__main__":
