@@ -166,10 +166,19 @@ def _train_task(cfg: DictConfig) -> dict[str, float]:
     run = to_run_config(cfg)
     hc = HydraConfig.get()
     choices = {g: hc.runtime.choices.get(g) for g in ("dataset", "scorer", "loss", "optimizer", "strategy")}
-    run_name = "-".join(str(v) for k, v in choices.items() if k != "strategy")
+    unused = ("strategy", "loss", "optimizer") if choices["scorer"] == "lightgbm" else ("strategy",)
+    run_name = "-".join(str(v) for k, v in choices.items() if k not in unused)
     tags = {f"choice.{k}": str(v) for k, v in choices.items()}
     tags["overrides"] = " ".join(hc.overrides.task)
     hydra_dir = os.path.join(hc.runtime.output_dir, hc.output_subdir) if hc.output_subdir else None
+    if getattr(run.dataset, "folds", None) is not None:  # cross-validation: a run per fold (cv.py)
+        from ranking_exp import cv
+
+        res = cv.run_cv(run, cfg, launch_dir=get_original_cwd(), run_name=run_name, tags=tags, hydra_dir=hydra_dir)
+        log.info("cross-validation over %d folds: MLflow parent run %s (%s)\n%s", len(res.folds), res.run_id,
+                 run.tracking.uri, cv.summary_table(res))
+        means = {k[:-len("_mean")]: v for k, v in res.metrics.items() if k.endswith("_mean")}
+        return {"objective": res.objective, **means, **res.metrics, "mlflow_run_id": res.run_id, "model_uri": None}
     result = run_training(run, cfg, launch_dir=get_original_cwd(), run_name=run_name, tags=tags,
                           hydra_dir=hydra_dir)
     if result.run_id:

@@ -115,6 +115,25 @@ def from_config(workers: list[str] | None, task_index: int, *, allowed: tuple[st
     return Cluster(jobs, task_type, index, "TF_CONFIG")
 
 
+PS_JOBS = ("chief", "worker", "ps")  # a parameter-server cluster: coordinator, workers, parameter servers
+_PS_ROLES = {"chief": "the coordinator, which runs model.fit", "worker": "the tasks that run training steps",
+             "ps": "the parameter servers, which hold the variables"}
+
+
+def parameter_server_cluster(environ: dict[str, str] | None = None) -> Cluster:
+    """The cluster of ``strategy=parameter_server`` from ``TF_CONFIG``: one ``chief`` (the
+    coordinator), at least one ``worker`` and one ``ps``; a ConfigError naming what is missing."""
+    cluster = from_config(None, 0, allowed=PS_JOBS, environ=environ)
+    if cluster is None:
+        raise ConfigError("strategy: strategy=parameter_server needs its cluster in TF_CONFIG (a chief, workers and "
+                          "ps tasks); `python -m ranking_exp.launch workers=2 ps=1 -- ...` runs one on this machine")
+    missing = [f"a {job!r} job ({role})" for job, role in _PS_ROLES.items() if job not in cluster.jobs]
+    if missing:
+        raise ConfigError(f"TF_CONFIG: strategy=parameter_server needs {' and '.join(missing)}; the cluster has "
+                          f"only {', '.join(cluster.jobs)}")
+    return cluster
+
+
 def check_port_free(cluster: Cluster) -> None:
     """This task's own port must be free: TensorFlow's server binds it (and would otherwise fail
     or hang deep inside gRPC)."""

@@ -84,9 +84,21 @@ class LetorDatasetConfig:
     num_shards: int = 4
     cache_dir: str = DEFAULT_CACHE_DIR
     progress: bool = True
+    # Cross-validation: null trains on the one fold in ``path``; a list of fold folder names
+    # (``[Fold1,Fold2]``) or ``all`` runs each fold of the folder ``path`` (one MLflow child run
+    # per fold, mean and std on the parent; see ranking_exp/cv.py).
+    folds: Any = None
 
     def __post_init__(self):
         _check(self.num_shards > 0, "dataset.num_shards", "must be > 0")
+        if self.folds is not None:
+            self.fold_dirs()  # a missing fold stops the command here, before any training
+
+    def fold_dirs(self) -> list:
+        """``[(name, Path)]`` of the folds to run (``dataset.folds`` set); ConfigError if one is missing."""
+        from ranking_exp.data.folds import resolve_folds
+
+        return resolve_folds(self.path, self.folds)
 
 
 @option("dataset", "elwc")
@@ -178,6 +190,61 @@ class CustomScorerConfig:
 
     def __post_init__(self):
         _check_import_path(self.target, "scorer.target")
+
+
+# LightGBM parameters the fields below set (by their LightGBM scikit-learn names or aliases).
+LIGHTGBM_FIELDS = ("learning_rate", "num_leaves", "max_depth", "min_child_samples", "min_child_weight",
+                   "subsample", "subsample_freq", "colsample_bytree", "reg_alpha", "reg_lambda",
+                   "min_split_gain", "max_bin")
+
+
+@option("scorer", "lightgbm")
+@dataclass
+class LightGBMScorerConfig:
+    """LambdaMART with LightGBM (``objective=lambdarank``): gradient-boosted trees trained on the
+    same prepared data and evaluated with the same metrics as the neural scorers (see
+    ranking_exp/gbdt.py). ``loss``, ``optimizer``, ``preprocess``, ``callbacks`` and ``train``
+    (but ``train.threads`` and ``train.deterministic``) do not apply to it."""
+
+    kind: str = "lightgbm"
+    num_boost_round: int = 1000  # most trees; early stopping on vali usually stops sooner
+    early_stopping_rounds: Optional[int] = 50  # stop after this many rounds without a better vali metric; null: never
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    max_depth: int = -1  # -1: no limit
+    min_child_samples: int = 20  # min_data_in_leaf
+    min_child_weight: float = 1e-3  # min_sum_hessian_in_leaf
+    subsample: float = 1.0  # bagging_fraction (needs subsample_freq > 0)
+    subsample_freq: int = 0  # bagging_freq: bag every k iterations; 0: no bagging
+    colsample_bytree: float = 1.0  # feature_fraction
+    reg_alpha: float = 0.0  # lambda_l1
+    reg_lambda: float = 0.0  # lambda_l2
+    min_split_gain: float = 0.0
+    max_bin: int = 255
+    # Any other LightGBM parameter, e.g. {lambdarank_truncation_level: 20, label_gain: [0, 1, 3, 7]}.
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check(self.num_boost_round > 0, "scorer.num_boost_round", "must be > 0")
+        _check(self.early_stopping_rounds is None or self.early_stopping_rounds > 0,
+               "scorer.early_stopping_rounds", "must be > 0 or null")
+        _check(math.isfinite(self.learning_rate) and self.learning_rate > 0, "scorer.learning_rate",
+               f"must be > 0 (got {self.learning_rate})")
+        _check(self.num_leaves > 1, "scorer.num_leaves", "must be > 1")
+        _check(self.max_depth != 0, "scorer.max_depth", "must be > 0, or -1 for no limit")
+        _check(self.min_child_samples >= 0, "scorer.min_child_samples", "must be >= 0")
+        _check(self.min_child_weight >= 0, "scorer.min_child_weight", "must be >= 0")
+        _check(0 < self.subsample <= 1, "scorer.subsample", "must be in (0, 1]")
+        _check(self.subsample_freq >= 0, "scorer.subsample_freq", "must be >= 0")
+        _check(self.subsample == 1 or self.subsample_freq > 0, "scorer.subsample",
+               f"{self.subsample} < 1 needs scorer.subsample_freq > 0 (LightGBM bags only then)")
+        _check(0 < self.colsample_bytree <= 1, "scorer.colsample_bytree", "must be in (0, 1]")
+        for key in ("reg_alpha", "reg_lambda", "min_split_gain"):
+            _check(getattr(self, key) >= 0, f"scorer.{key}", "must be >= 0")
+        _check(self.max_bin > 1, "scorer.max_bin", "must be > 1")
+        for key in self.params:
+            _check(key not in LIGHTGBM_FIELDS and key not in ("objective", "metric", "eval_at", "num_iterations"),
+                   f"scorer.params.{key}", "is set by ranking_exp (use its own key under scorer.*)")
 
 
 # --------------------------------------------------------------------------------------
@@ -278,12 +345,30 @@ class OptimizerConfig:
 # strategy
 # --------------------------------------------------------------------------------------
 STRATEGIES = ("none", "mirrored", "multi_worker_mirrored", "parameter_server", "tpu")
-RUNNABLE_STRATEGIES = ("none", "mirrored", "multi_worker_mirrored", "tpu")
-# Why parameter_server stops at start (one line; see README "Distributed training").
-PARAMETER_SERVER_UNSUPPORTED = (
-    "strategy=parameter_server is not supported: Keras' ParameterServerStrategy needs an endless dataset "
-    "with steps_per_epoch and runs no BackupAndRestore, while ranking_exp trains whole passes over the data "
-    "(train.epochs) and resumes from backups; use strategy=multi_worker_mirrored")
+PARTITIONERS = ("none", "fixed_shards", "min_size_max_shards", "max_size")
+
+
+@dataclass
+class PartitionerConfig:
+    """How ``strategy=parameter_server`` splits variables over the ps tasks
+    (``tf.distribute.experimental.partitioners``): ``none`` (one ps holds each variable),
+    ``fixed_shards`` (``num_shards`` shards each), ``min_size_max_shards`` (shards of at least
+    ``min_shard_bytes``, at most ``max_shards``; null: one per ps), ``max_size`` (shards of at most
+    ``max_shard_bytes``, at most ``max_shards``; null: no limit)."""
+
+    kind: str = "none"
+    num_shards: int = 1
+    min_shard_bytes: int = 256 << 10
+    max_shard_bytes: int = 1 << 20
+    max_shards: Optional[int] = None
+    bytes_per_string: int = 16
+
+    def __post_init__(self):
+        key = "strategy.variable_partitioner"
+        _check(self.kind in PARTITIONERS, f"{key}.kind", f"{self.kind!r} not in {', '.join(PARTITIONERS)}")
+        for name in ("num_shards", "min_shard_bytes", "max_shard_bytes", "bytes_per_string"):
+            _check(getattr(self, name) > 0, f"{key}.{name}", f"must be > 0 (got {getattr(self, name)})")
+        _check(self.max_shards is None or self.max_shards > 0, f"{key}.max_shards", "must be > 0 or null")
 
 
 @option("strategy", *STRATEGIES)
@@ -293,8 +378,10 @@ class StrategyConfig:
 
     ``multi_worker_mirrored``: the cluster is ``workers`` (``host:port`` of every worker, worker 0
     is the chief) with this process's ``task_index``, or else ``TF_CONFIG``; with neither, one
-    worker with its local devices. ``tpu``: ``tpu`` is the TPU's address (``grpc://host:port``, a
-    TPU name, or empty/``local`` on a TPU VM).
+    worker with its local devices. ``parameter_server``: the cluster is ``TF_CONFIG`` with a
+    ``chief`` (the coordinator, which trains and records), ``worker`` and ``ps`` tasks; worker and
+    ps tasks only serve. ``tpu``: ``tpu`` is the TPU's address (``grpc://host:port``, a TPU name, or
+    empty/``local`` on a TPU VM).
     """
 
     kind: str = "none"
@@ -309,31 +396,40 @@ class StrategyConfig:
     # Dataset sharding across workers: auto = by file when every worker gets at least one
     # shard of the split, else by data (every worker reads everything and keeps its part).
     shard_policy: str = "auto"
+    # parameter_server: how variables are split over the ps tasks.
+    variable_partitioner: PartitionerConfig = field(default_factory=PartitionerConfig)
 
     def __post_init__(self):
         _check(self.kind in STRATEGIES, "strategy.kind", f"{self.kind!r} not in {STRATEGIES}")
-        if self.kind == "parameter_server":
-            raise ConfigError(f"strategy: {PARAMETER_SERVER_UNSUPPORTED}")
-        _check(self.kind in RUNNABLE_STRATEGIES, "strategy",
-               f"strategy={self.kind} is not supported (use {' or '.join(RUNNABLE_STRATEGIES)})")
+        if isinstance(self.variable_partitioner, dict):  # built by hand rather than by OmegaConf
+            self.variable_partitioner = PartitionerConfig(**self.variable_partitioner)
         _check(self.connect_timeout > 0, "strategy.connect_timeout", "must be > 0")
         _check(self.collective_timeout > 0, "strategy.collective_timeout", "must be > 0")
         _check(self.shard_policy in ("auto", "file", "data"), "strategy.shard_policy",
                f"{self.shard_policy!r} not in auto, file, data")
-        if self.kind != "multi_worker_mirrored":
+        if self.kind != "parameter_server":
+            _check(self.variable_partitioner.kind == "none", "strategy.variable_partitioner",
+                   f"only for strategy=parameter_server (got {self.kind})")
+        if self.kind == "parameter_server":
+            _check(not self.workers, "strategy.workers", "strategy=parameter_server takes its cluster from TF_CONFIG "
+                   "(chief, worker and ps jobs), not strategy.workers")
+        elif self.kind != "multi_worker_mirrored":
             _check(not self.workers, "strategy.workers", f"only for strategy=multi_worker_mirrored (got {self.kind})")
-        else:
+        if self.kind in ("multi_worker_mirrored", "parameter_server"):
             self.cluster()  # an index out of range, a bad address or a bad TF_CONFIG stops here
 
     def cluster(self):
         """The cluster (``ranking_exp.cluster.Cluster``) or None for a single worker."""
-        from ranking_exp.cluster import from_config
+        from ranking_exp.cluster import from_config, parameter_server_cluster
 
+        if self.kind == "parameter_server":
+            return parameter_server_cluster()
         return from_config(list(self.workers), self.task_index)
 
     def is_chief(self) -> bool:
-        """Whether this process exports and records the run (always, unless a non-chief worker)."""
-        if self.kind != "multi_worker_mirrored":
+        """Whether this process exports and records the run (always, unless a non-chief worker;
+        with parameter_server, the coordinator: the ``chief`` task)."""
+        if self.kind not in ("multi_worker_mirrored", "parameter_server"):
             return True
         cluster = self.cluster()
         return cluster is None or cluster.is_chief
@@ -395,6 +491,9 @@ class ModelConfig:
     # (feature_spec=..., **builder_kwargs); replaces input creator, preprocessor and scorer.
     builder: Optional[str] = None
     builder_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Run a univariate scorer's tower on real documents only (ranking_exp/model/packing.py);
+    # false: TF Ranking's own flattening, which scores every padded slot too.
+    pack_lists: bool = True
 
     def __post_init__(self):
         if self.builder is not None:
@@ -453,21 +552,38 @@ class CallbacksConfig:
 class MetricsConfig:
     """Ranking metrics reported every epoch on validation and at the end on test.
 
+    ``convention``: ``standard`` is gain 2^label - 1, discount 1/log2(rank + 1), ties broken
+    at random (TF Ranking's metrics); ``letor`` reproduces LETOR 4.0's evaluation script
+    (Eval-Score-4.0.pl; rules in ranking_exp/metrics.py).
+
     ``lists_without_relevant``: ``skip`` leaves queries with no relevant document out of
-    every metric's average (the LETOR/LightGBM convention used in our reference numbers);
-    ``zero`` counts them as 0 (TF Ranking's own default).
+    every metric's average (the LightGBM-practice convention used in our reference numbers);
+    ``zero`` counts them as 0 (TF Ranking's own default, and LETOR 4.0's). null: ``skip`` under
+    the standard convention, ``zero`` under ``letor`` (which allows nothing else).
     """
 
     ndcg_topn: list[int] = field(default_factory=lambda: [1, 3, 5, 10])
     map: bool = True
     mrr: bool = True
-    lists_without_relevant: str = "skip"
+    convention: str = "standard"
+    lists_without_relevant: Optional[str] = None
     monitor: str = "ndcg_10"
+    # Also compute the ranking metrics on every training batch (Keras' default). Off: training
+    # logs only the loss, which saves their graph (~3 s per run) and ~10% of every step; the
+    # validation metrics, which select models and drive sweeps, are computed either way.
+    on_train: bool = False
 
     def __post_init__(self):
         _check(all(k > 0 for k in self.ndcg_topn), "metrics.ndcg_topn", "cut-offs must be > 0")
+        _check(self.convention in ("standard", "letor"), "metrics.convention",
+               f"{self.convention!r} not in standard, letor")
+        if self.lists_without_relevant is None:
+            self.lists_without_relevant = "zero" if self.convention == "letor" else "skip"
         _check(self.lists_without_relevant in ("skip", "zero"), "metrics.lists_without_relevant",
                "must be 'skip' or 'zero'")
+        _check(self.convention == "standard" or self.lists_without_relevant == "zero",
+               "metrics.lists_without_relevant", "metrics.convention=letor counts queries without a relevant "
+               "document as 0, as LETOR 4.0's script does ('skip' needs metrics.convention=standard)")
         names = self.names()
         _check(self.monitor in names, "metrics.monitor", f"{self.monitor!r} not among {names}")
 
@@ -483,6 +599,9 @@ class TrainConfig:
     # None pads each batch to its longest list; an int pads/truncates every list to it.
     list_size: Optional[int] = None
     shuffle_buffer: int = 1000
+    # Parsed lists kept in memory after the first epoch (ranking_exp/data/builder.py): auto does
+    # it when the data take under a quarter of the machine's memory; none re-parses every epoch.
+    cache: str = "auto"
     steps_per_execution: int = 1
     verbose: int = 2
     deterministic: bool = True
@@ -502,6 +621,8 @@ class TrainConfig:
         _check(self.eval_batch_size > 0, "train.eval_batch_size", "must be > 0")
         _check(self.list_size is None or self.list_size > 0, "train.list_size", "must be > 0 or null")
         _check(self.steps_per_execution > 0, "train.steps_per_execution", "must be > 0")
+        _check(self.cache in ("auto", "memory", "none"), "train.cache",
+               f"must be auto, memory or none (got {self.cache!r})")
         _check(self.verbose in (0, 1, 2), "train.verbose", "must be 0, 1 or 2")
         _check(self.threads is None or self.threads > 0, "train.threads", "must be > 0 or null")
 
@@ -549,6 +670,12 @@ class RunConfig:
         if self.callbacks.reduce_lr.enabled and self.optimizer.schedule.kind != "constant":
             raise ConfigError("callbacks.reduce_lr: cannot be combined with optimizer.schedule "
                               f"'{self.optimizer.schedule.kind}' (both set the learning rate)")
+        if isinstance(self.scorer, LightGBMScorerConfig):
+            _check(self.strategy.kind == "none", "strategy",
+                   f"scorer=lightgbm trains outside TensorFlow: use strategy=none (got {self.strategy.kind})")
+            _check(self.metrics.monitor.startswith("ndcg_"), "metrics.monitor",
+                   f"scorer=lightgbm stops early on LightGBM's ndcg@k: monitor an ndcg_k metric (got {self.metrics.monitor!r})")
+            _check(self.model.builder is None, "model.builder", "does not apply to scorer=lightgbm")
 
 
 GROUPS = ("dataset", "scorer", "loss", "optimizer", "strategy")
@@ -595,4 +722,8 @@ def one_line_omegaconf_error(e: OmegaConfBaseException) -> str:
 
 
 def expand_path(path: str) -> str:
+    """Absolute path; an OmegaConf interpolation left unresolved (a config dataclass built in
+    Python keeps its default ``DEFAULT_CACHE_DIR`` as text) is resolved first."""
+    if "${" in path:
+        path = OmegaConf.create({"path": path}).path
     return os.path.abspath(os.path.expanduser(path))

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ranking_exp.config import CustomScorerConfig, RunConfig
+from ranking_exp.config import CustomScorerConfig, LightGBMScorerConfig, RunConfig
 from ranking_exp.data.sources import prepare
 from ranking_exp.errors import RunStopped, TrainingDiverged
 from ranking_exp.plugins import load_callable
@@ -71,6 +71,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def run_training(run: RunConfig, cfg: DictConfig, *, launch_dir: str, run_name: str | None = None,
                  tags: dict[str, str] | None = None, hydra_dir: str | None = None) -> RunResult:
+    if isinstance(run.scorer, LightGBMScorerConfig):  # gradient-boosted trees: no Keras model (gbdt.py)
+        from ranking_exp.gbdt import run_lightgbm
+
+        return run_lightgbm(run, cfg, launch_dir=launch_dir, run_name=run_name, tags=tags, hydra_dir=hydra_dir)
     check_plugins(run)
     limit_threads(run.train.threads)
     strategy = _make_strategy(run)  # before TensorFlow's first op (multi-worker strategies need that)

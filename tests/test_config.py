@@ -1,13 +1,14 @@
 """Config composition and validation: every option composes; mistakes fail in one line."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 
 from ranking_exp.cli import preflight
-from ranking_exp.config import GROUPS, REGISTRY, RUNNABLE_STRATEGIES, register_configs, to_run_config
+from ranking_exp.config import GROUPS, REGISTRY, register_configs, to_run_config
 from ranking_exp.errors import ConfigError
 from tests.helpers import REPO, run_cli
 
@@ -33,16 +34,16 @@ def test_every_yaml_option_has_a_registered_schema_and_back():
 
 
 @pytest.mark.parametrize("group,option", all_options())
-def test_every_option_composes_into_its_validated_class(group, option):
+def test_every_option_composes_into_its_validated_class(group, option, monkeypatch):
     register_configs()
+    if (group, option) == ("strategy", "parameter_server"):  # its cluster comes from TF_CONFIG
+        monkeypatch.setenv("TF_CONFIG", json.dumps({
+            "cluster": {"chief": ["127.0.0.1:2220"], "worker": ["127.0.0.1:2221"], "ps": ["127.0.0.1:2222"]},
+            "task": {"type": "chief", "index": 0}}))
     overrides = [f"{group}={option}", *REQUIRED.get(f"{group}/{option}", [])]
     with initialize_config_module("ranking_exp.conf", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     cfg.output_dir = "/tmp/out"
-    if group == "strategy" and option not in RUNNABLE_STRATEGIES:
-        with pytest.raises(ConfigError, match=f"strategy={option} is not supported"):
-            to_run_config(cfg)
-        return
     run = to_run_config(cfg)
     node = getattr(run, group)
     assert isinstance(node, REGISTRY[group][option])
@@ -51,7 +52,7 @@ def test_every_option_composes_into_its_validated_class(group, option):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["scorer=foo"], "scorer=foo: no such option (choose from custom, dnn, gam, linear)"),
+    (["scorer=foo"], "scorer=foo: no such option (choose from custom, dnn, gam, lightgbm, linear)"),
     (["optimizer.learning_rate=0"], "optimizer.learning_rate: must be > 0"),
     (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate: must be > 0"),
     (["train.epochs=0"], "train.epochs: must be > 0"),
@@ -62,7 +63,13 @@ def test_every_option_composes_into_its_validated_class(group, option):
     (["loss=approx_ndcg", "loss.lambda_weight=ndcg"], "loss.lambda_weight: approx_ndcg_loss takes no lambda weight"),
     (["dataset=letor"], "dataset.path: required but not set"),
     (["metrics.monitor=ndcg_7"], "metrics.monitor: 'ndcg_7' not among"),
-    (["strategy=parameter_server"], "strategy=parameter_server is not supported: "),
+    (["strategy=parameter_server"], "strategy: strategy=parameter_server needs its cluster in TF_CONFIG"),
+    (["strategy=parameter_server", "strategy.variable_partitioner.kind=hash"],
+     "strategy.variable_partitioner.kind: 'hash' not in none, fixed_shards, min_size_max_shards, max_size"),
+    (["strategy=parameter_server", "strategy.variable_partitioner.num_shards=0"],
+     "strategy.variable_partitioner.num_shards: must be > 0"),
+    (["strategy=mirrored", "strategy.variable_partitioner.kind=fixed_shards"],
+     "strategy.variable_partitioner: only for strategy=parameter_server (got mirrored)"),
     (["callbacks.reduce_lr.enabled=true", "optimizer.schedule.kind=cosine"], "callbacks.reduce_lr: cannot be combined"),
 ])
 def test_bad_config_is_one_line_naming_the_key(overrides, message):
@@ -81,7 +88,7 @@ def test_multirun_preflight_checks_every_swept_value():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["scorer=foo"], "error: scorer=foo: no such option (choose from custom, dnn, gam, linear)"),
+    (["scorer=foo"], "error: scorer=foo: no such option (choose from custom, dnn, gam, lightgbm, linear)"),
     (["optimizer.learning_rate=0"], "error: optimizer.learning_rate: must be > 0 (got 0.0)"),
     (["train.epochs=0"], "error: train.epochs: must be > 0 (got 0)"),
     (["-m", "loss=softmax,nope"], "error: loss=nope: no such option"),

@@ -66,3 +66,48 @@ def test_perfect_ranking_scores_one(lists):
     labels, _ = lists
     got = evaluate_lists(labels, [l.copy() for l in labels], MetricsConfig())
     assert all(v == pytest.approx(1.0) for v in got.values())
+
+
+# A hand-computed example for metrics.convention=letor (LETOR 4.0's Eval-Score-4.0.pl) against
+# the standard convention. Query A: labels (2, 0, 1) scored (0.1, 0.9, 0.5) ranks labels 0, 1, 2
+# (gains 0, 1, 3; ideal 3, 1, 0). B has no relevant document. C has two documents, ranked 0, 1.
+LETOR_LABELS = [np.array([2, 0, 1], np.float32), np.array([0, 0], np.float32), np.array([1, 0], np.float32)]
+LETOR_SCORES = [np.array([0.1, 0.9, 0.5], np.float32), np.array([1.0, 2.0], np.float32),
+                np.array([0.2, 0.3], np.float32)]
+LOG2_3 = np.log2(3.0)
+
+
+def test_letor_convention_differs_from_the_standard_one_exactly_where_expected():
+    cfg = dict(ndcg_topn=[1, 2, 3], monitor="map")
+    std = evaluate_lists(LETOR_LABELS, LETOR_SCORES, MetricsConfig(**cfg))
+    letor = evaluate_lists(LETOR_LABELS, LETOR_SCORES, MetricsConfig(convention="letor", **cfg))
+    # standard: discount 1/log2(rank + 1) (1, 1/log2 3, 1/2); B skipped, so means over A and C.
+    a2, a3 = (1 / LOG2_3) / (3 + 1 / LOG2_3), (1 / LOG2_3 + 3 / 2) / (3 + 1 / LOG2_3)
+    c2 = c3 = 1 / LOG2_3
+    assert std["ndcg_1"] == pytest.approx(0.0, abs=1e-6)
+    assert std["ndcg_2"] == pytest.approx((a2 + c2) / 2, abs=1e-5)
+    assert std["ndcg_3"] == pytest.approx((a3 + c3) / 2, abs=1e-5)
+    assert std["map"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 1 / 2) / 2, abs=1e-5)
+    assert std["mrr"] == pytest.approx(0.5, abs=1e-5)
+    # letor: discount 1, 1, 1/log2 3 (ranks 1 and 2 undiscounted); B counts as 0; C has fewer than
+    # 3 documents, so its NDCG@3 is 0 (the script's missing entries); means over A, B and C.
+    assert letor["ndcg_1"] == pytest.approx(0.0, abs=1e-6)
+    assert letor["ndcg_2"] == pytest.approx((1 / 4 + 0 + 1) / 3, abs=1e-5)
+    assert letor["ndcg_3"] == pytest.approx(((1 + 3 / LOG2_3) / 4 + 0 + 0) / 3, abs=1e-5)
+    assert letor["map"] == pytest.approx(((1 / 2 + 2 / 3) / 2 + 0 + 1 / 2) / 3, abs=1e-5)
+    assert letor["mrr"] == pytest.approx((1 / 2 + 0 + 1 / 2) / 3, abs=1e-5)
+
+
+def test_letor_convention_ranks_tied_scores_in_input_order():
+    cfg = MetricsConfig(convention="letor", ndcg_topn=[1], monitor="ndcg_1")
+    tie = [np.array([0.5, 0.5], np.float32)]
+    assert evaluate_lists([np.array([0, 1], np.float32)], tie, cfg)["ndcg_1"] == 0.0
+    assert evaluate_lists([np.array([1, 0], np.float32)], tie, cfg)["ndcg_1"] == 1.0
+
+
+def test_letor_convention_scores_a_perfect_ranking_one_when_every_query_has_k_documents(lists):
+    labels, _ = lists
+    keep = [l for l in labels if (l > 0).any() and len(l) >= 10]
+    got = evaluate_lists(keep, [l.copy() + np.arange(len(l))[::-1] * 1e-3 for l in keep],
+                         MetricsConfig(convention="letor"))
+    assert all(v == pytest.approx(1.0) for v in got.values()), got

@@ -9,6 +9,7 @@ import tensorflow_ranking as tfr
 from ranking_exp.config import RunConfig
 from ranking_exp.data.spec import FeatureSpec
 from ranking_exp.errors import ConfigError
+from ranking_exp.model.packing import pack
 from ranking_exp.model.preprocess import build_preprocessor
 from ranking_exp.model.scorers import build_scorer
 from ranking_exp.plugins import load_callable
@@ -22,11 +23,12 @@ def build_model_builder(run: RunConfig, spec: FeatureSpec,
             raise ConfigError(f"model.builder: {run.model.builder} returned {type(builder).__name__}, "
                               "not a tfr.keras.model.AbstractModelBuilder")
         return builder
+    scorer = build_scorer(run.scorer)
     return tfr.keras.model.ModelBuilder(
         input_creator=tfr.keras.model.FeatureSpecInputCreator(
             spec.context_parsing_spec(), spec.example_parsing_spec()),
         preprocessor=build_preprocessor(run.preprocess, spec, train_batches),
-        scorer=build_scorer(run.scorer),
+        scorer=pack(scorer) if run.model.pack_lists else scorer,
         mask_feature_name=spec.mask_name,
         name="ranker",
     )

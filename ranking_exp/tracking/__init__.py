@@ -3,7 +3,9 @@
 One MLflow run per training: params are the flattened composed config, metrics come every
 epoch from a Keras callback and at the end from the test split, artifacts are the model
 (a pyfunc wrapping the SavedModel, loadable with ``mlflow.pyfunc.load_model``), the Hydra
-config and overrides, and the TensorBoard logs. A run that raises is marked FAILED.
+config and overrides, and the TensorBoard logs. A run that raises is marked FAILED. A LightGBM
+run (``scorer=lightgbm``) logs its booster as an MLflow LightGBM model instead (``log_lightgbm``);
+a cross-validation run is a parent run over one child run per fold.
 """
 from __future__ import annotations
 
@@ -154,6 +156,31 @@ class Tracker:
         )
         return info.model_uri  # models:/<model id>; runs:/<run id>/model names it too
 
+    def log_metric_history(self, name: str, values: list[float]) -> None:
+        """One metric's values at steps 0, 1, ... in a few batched calls (e.g. per boosting round)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        points = [Metric(name, float(v), now, step) for step, v in enumerate(values) if math.isfinite(float(v))]
+        for i in range(0, len(points), 1000):
+            self.client.log_batch(self.run_id, metrics=points[i:i + 1000])
+
+    def log_lightgbm(self, booster, columns: list[str], extra_files: list[str] = ()) -> str:
+        """Logs a LightGBM booster as an MLflow LightGBM model (a pyfunc: a DataFrame with the
+        feature columns in, one score per row out); returns its URI."""
+        import mlflow.lightgbm
+        from mlflow.models import ModelSignature
+        from mlflow.types import ColSpec, Schema
+
+        signature = ModelSignature(inputs=Schema([ColSpec("double", c) for c in columns]),
+                                   outputs=Schema([ColSpec("double")]))
+        info = mlflow.lightgbm.log_model(booster, name=MODEL_NAME, signature=signature,
+                                         extra_files=list(extra_files) or None,
+                                         pip_requirements=_requirements(("lightgbm", "numpy", "pandas", "mlflow")))
+        return info.model_uri
+
     def keras_callback(self):
         """A Keras callback that logs every epoch's logs (train and ``val_`` metrics)."""
         import tensorflow as tf
@@ -189,17 +216,23 @@ class NullTracker:
     def log_ranker(self, *args, **kwargs) -> None:
         return None
 
+    def log_lightgbm(self, *args, **kwargs) -> None:
+        return None
+
+    def log_metric_history(self, *args, **kwargs) -> None:
+        pass
+
     def keras_callback(self):
         import tensorflow as tf
 
         return tf.keras.callbacks.Callback()
 
 
-def _requirements() -> list[str]:
+def _requirements(dists=("tensorflow", "tensorflow-ranking", "numpy", "pandas", "mlflow")) -> list[str]:
     from importlib.metadata import version
 
     pins = []
-    for dist in ("tensorflow", "tensorflow-ranking", "numpy", "pandas", "mlflow"):
+    for dist in dists:
         with contextlib.suppress(Exception):
             pins.append(f"{dist}=={version(dist)}")
     return pins

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import tensorflow as tf
 from hydra.utils import instantiate
@@ -16,17 +17,30 @@ BEST_CHECKPOINT_DIR = "best_checkpoint"  # where TF Ranking's pipeline looks for
 
 class StopOnNaN(tf.keras.callbacks.Callback):
     """Ends training at the first non-finite loss with a clear error (Keras' TerminateOnNaN
-    stops quietly and leaves NaN weights to be exported)."""
+    stops quietly and leaves NaN weights to be exported). ``per_batch=False`` checks at the end
+    of each epoch instead (ParameterServerStrategy runs no batch-level callbacks)."""
 
-    def __init__(self, learning_rate: float):
+    def __init__(self, learning_rate: float, per_batch: bool = True):
         super().__init__()
         self.learning_rate = learning_rate
+        self.per_batch = per_batch
 
-    def on_train_batch_end(self, batch, logs=None):
+    def _check(self, logs, where: str) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            raise TrainingDiverged(f"training diverged: loss is {float(loss)} at batch {batch} "
+            raise TrainingDiverged(f"training diverged: loss is {float(loss)} at {where} "
                                    f"(try a lower optimizer.learning_rate than {self.learning_rate})")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.per_batch:
+            self._check(logs, f"batch {batch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.per_batch:
+            self._check(logs, f"epoch {epoch + 1}")
+
+    def _implements_train_batch_hooks(self):  # Keras calls (and, under ParameterServerStrategy, refuses) batch hooks
+        return self.per_batch
 
 
 class BestWeights(tf.keras.callbacks.Callback):
@@ -44,6 +58,33 @@ class BestWeights(tf.keras.callbacks.Callback):
         if value is not None and float(value) > self.best:
             self.best = float(value)
             self.weights = self.model.get_weights()
+
+
+class Throughput(tf.keras.callbacks.Callback):
+    """Adds ``train_seconds_epoch`` (the training loop of the epoch, validation excluded) and
+    ``train_docs_per_sec`` (real, non-padding documents trained per second) to each epoch's
+    logs, so MLflow records the speed of every run beside its metrics. ``docs_per_epoch``:
+    None when unknown (lists cut to ``train.list_size``): only the seconds are logged."""
+
+    def __init__(self, docs_per_epoch: int | None):
+        super().__init__()
+        self.docs_per_epoch = docs_per_epoch
+        self._start = self._seconds = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._seconds = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):  # validation starts: the training loop is over
+        if self._start is not None and self._seconds is None:
+            self._seconds = time.perf_counter() - self._start
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or self._start is None:
+            return
+        seconds = self._seconds if self._seconds is not None else time.perf_counter() - self._start
+        logs["train_seconds_epoch"] = seconds
+        if self.docs_per_epoch and seconds > 0:
+            logs["train_docs_per_sec"] = self.docs_per_epoch / seconds
 
 
 class EpochsRun(tf.keras.callbacks.Callback):
@@ -89,6 +130,6 @@ def build_callbacks(run: RunConfig, model_dir: str, best_dir: str | None = None,
         out.append(tf.keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, mode="max", factor=c.reduce_lr.factor, patience=c.reduce_lr.patience,
             min_lr=c.reduce_lr.min_lr))
-    out.append(StopOnNaN(run.optimizer.learning_rate))
+    out.append(StopOnNaN(run.optimizer.learning_rate, per_batch=run.strategy.kind != "parameter_server"))
     out.extend(instantiate(node) for node in c.extra)
     return out

@@ -2,23 +2,33 @@
 
 We override only the steps TF Ranking leaves to subclasses (loss, metrics, callbacks) plus
 the optimizer and strategy it would otherwise build from strings, and we keep a handle on
-the trained model and the exports. Training, validation and export stay TF Ranking's.
+the trained model and the exports. Training, validation and export stay TF Ranking's, except
+under ParameterServerStrategy, which Keras trains from a dataset function with a fixed number of
+steps and evaluates exactly (``_parameter_server_input``).
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
 import shutil
+import struct
 import tempfile
+import types
 
 import tensorflow as tf
 import tensorflow_ranking as tfr
 
 from ranking_exp.config import LossConfig, RunConfig
 from ranking_exp.data.builder import RankingDatasetBuilder
+from ranking_exp.errors import ConfigError, DataError
 from ranking_exp.metrics import build_metrics
-from ranking_exp.train.callbacks import BestWeights, EpochsRun, build_callbacks
+from ranking_exp.train.callbacks import BestWeights, EpochsRun, Throughput, build_callbacks
 from ranking_exp.train.optimizer import build_optimizer
 from ranking_exp.train.resume import ResumeDir, make_state_callback
+from ranking_exp.train.strategy import is_parameter_server, num_workers
+
+log = logging.getLogger(__name__)
 
 LAST_EXPORT = "export/latest_model"  # TF Ranking's names for the two exports
 BEST_EXPORT = "export/best_model_by_metric"
@@ -46,6 +56,17 @@ def build_loss(cfg: LossConfig) -> tf.keras.losses.Loss:
             lw_kwargs["topn"] = cfg.lambda_weight_topn
         lambda_weight = lw_cls(**lw_kwargs)
     return tfr.keras.losses.get(cfg.key, reduction=cfg.reduction, lambda_weight=lambda_weight, **kwargs)
+
+
+def train_step_loss_only(self: tf.keras.Model, data):
+    """Keras' ``Model.train_step`` without the compiled metrics: training batches update the
+    weights and the loss; the ranking metrics are left to validation (``metrics.on_train``)."""
+    x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+    with tf.GradientTape() as tape:
+        y_pred = self(x, training=True)
+        loss = self.compute_loss(x, y, y_pred, sample_weight)
+    self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+    return {m.name: m.result() for m in self.compiled_loss.metrics}
 
 
 class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
@@ -105,7 +126,9 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
         # Bookkeeping (MLflow) first, so an epoch is recorded even when a later callback (e.g. a
         # sweep's pruning callback) ends training at that epoch; the backup last, so a restored
         # epoch has its metrics recorded and its best checkpoint written.
-        out: list[tf.keras.callbacks.Callback] = [self.epochs_run, *self._extra_callbacks]
+        train = self._dataset_builder.data.split("train")
+        docs = train.num_docs if self._run.train.list_size is None else None  # cut lists: unknown
+        out: list[tf.keras.callbacks.Callback] = [self.epochs_run, Throughput(docs), *self._extra_callbacks]
         out += build_callbacks(self._run, self._hparams.model_dir, best_dir=self.best_dir,
                                initial_best=self._initial_best)
         if self._resume is not None:
@@ -115,6 +138,8 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
         if isinstance(self._strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # On every worker: reading weights (batch-norm statistics) is a collective operation.
             out.append(self._best_weights)
+        if is_parameter_server(self._strategy):
+            _check_epoch_level(out)
         return out
 
     def train_and_validate(self, verbose=0):
@@ -131,10 +156,27 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
                 metrics=self.build_metrics(),
                 loss_weights=self._hparams.loss_weights,
                 weighted_metrics=(self.build_weighted_metrics() if self._hparams.use_weighted_metrics else None),
-                steps_per_execution=self._hparams.steps_per_execution)
-            train_dataset, valid_dataset = (self._dataset_builder.build_train_dataset(),
-                                            self._dataset_builder.build_valid_dataset())
-            model.fit(x=train_dataset, epochs=self._hparams.num_epochs, steps_per_epoch=self._hparams.steps_per_epoch,
+                steps_per_execution=self._hparams.steps_per_execution,
+                # Exact evaluation: every validation list is scored once, by one shard per worker
+                # (the dataset builder shards by file or data for as many), so validation metrics
+                # match a single-process evaluation.
+                **({"pss_evaluation_shards": num_workers(strategy)} if is_parameter_server(strategy) else {}))
+            if not self._run.metrics.on_train:
+                model.train_step = types.MethodType(train_step_loss_only, model)
+            if is_parameter_server(strategy):
+                if not model.compiled_metrics.built:
+                    # Exact evaluation reads the compiled metrics before any step has built them
+                    # (training steps without metrics never do): build them on the one output.
+                    model.compiled_metrics.build(tf.zeros([1, 1]), tf.zeros([1, 1]))
+                train_dataset, steps_per_epoch = self._parameter_server_input()
+                if verbose == 1:  # Keras refuses the progress bar under ParameterServerStrategy
+                    log.info("train.verbose=1: strategy=parameter_server prints one line per epoch instead")
+                    verbose = 2
+            else:
+                train_dataset = self._dataset_builder.build_train_dataset()
+                steps_per_epoch = self._hparams.steps_per_epoch
+            valid_dataset = self._dataset_builder.build_valid_dataset()
+            model.fit(x=train_dataset, epochs=self._hparams.num_epochs, steps_per_epoch=steps_per_epoch,
                       validation_steps=self._hparams.validation_steps, validation_data=valid_dataset,
                       callbacks=self.build_callbacks(), verbose=verbose)
 
@@ -147,6 +189,38 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
                 if not self._is_chief:
                     shutil.rmtree(root, ignore_errors=True)
                     self.exports = {}
+
+    def _parameter_server_input(self):
+        """``(x, steps_per_epoch)`` for ``model.fit`` under ParameterServerStrategy, which needs
+        an endless per-worker dataset from a dataset function and a fixed number of steps: an
+        epoch is as many steps as one pass over the training lists takes (all workers together),
+        and each worker reads every list in its own random order (the steps are asynchronous, so
+        a PS run is not bit-reproducible anyway)."""
+        builder = self._dataset_builder
+        data, train = builder.data, self._run.train
+        info = data.split("train")
+        num_lists = info.num_lists if info.num_lists is not None else count_records(info.files)
+        steps = max(1, math.ceil(num_lists / train.batch_size))
+
+        def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+            del input_context  # one input pipeline per worker: no sharding
+            # Traced once on the coordinator and run on every worker: a fixed shuffle seed would
+            # give every worker the same order, so the seed is the worker's clock when it builds its
+            # dataset (workers do not enable op determinism, which refuses clocks and unseeded ops).
+            graph = tf.compat.v1.get_default_graph()
+            if graph.seed is not None and graph.seed % (2**31 - 1) == 0:
+                graph.seed = 1  # TensorFlow cannot pair a global seed of 0 with a tensor seed
+            worker_seed = tf.cast(tf.timestamp() * 1e6, tf.int64) % (2**31 - 1)
+            return RankingDatasetBuilder(data, train, seed=worker_seed).build_train_dataset().repeat()
+
+        log.info("strategy=parameter_server: %d steps per epoch (%d training lists, batches of %d)", steps,
+                 num_lists, train.batch_size)
+        # Keras guesses from the file-name list at the source that exact evaluation cannot shard
+        # by file, but the datasets read TFRecord files and carry their shard policy: drop the warning.
+        tf_logger = logging.getLogger("tensorflow")
+        if not any(isinstance(f, _NoShardabilityWarning) for f in tf_logger.filters):
+            tf_logger.addFilter(_NoShardabilityWarning())
+        return tf.keras.utils.experimental.DatasetCreator(dataset_fn), steps
 
     def _export_best(self, model: tf.keras.Model, root: str) -> None:
         best_checkpoint = tf.train.latest_checkpoint(self.best_dir)
@@ -187,3 +261,37 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
     @staticmethod
     def export_dirs(model_dir: str) -> dict[str, str]:
         return {"last": os.path.join(model_dir, LAST_EXPORT), "best": os.path.join(model_dir, BEST_EXPORT)}
+
+
+class _NoShardabilityWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is not efficiently shardable" not in record.getMessage()
+
+
+def _check_epoch_level(callbacks: list[tf.keras.callbacks.Callback]) -> None:
+    """Keras runs no batch-level callback under ParameterServerStrategy (it fails mid-``fit``):
+    name the first one in one line before training."""
+    for cb in callbacks:
+        if getattr(cb, "_supports_tf_logs", False):
+            continue  # Keras' own callbacks that take the coordinator's remote values
+        if cb._implements_train_batch_hooks() or cb._implements_test_batch_hooks():
+            raise ConfigError(f"callbacks: {type(cb).__module__}.{type(cb).__name__} has batch-level hooks "
+                              "(on_*_batch_*), which strategy=parameter_server does not run; use epoch-level ones")
+
+
+def count_records(files: list[str]) -> int:
+    """TFRecords (ELWC: one list each) in ``files``, from the record headers alone: the training
+    lists of data whose counts are unknown (``dataset=elwc``)."""
+    total = 0
+    for path in files:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            while True:
+                header = f.read(12)  # uint64 length, uint32 masked CRC of the length
+                if not header:
+                    break
+                if len(header) < 12:
+                    raise DataError(f"{path}: not a complete TFRecord file (a truncated record header)")
+                (length,) = struct.unpack("<Q", header[:8])
+                f.seek(length + 4, 1)  # the data and its CRC
+                total += 1
+    return total
