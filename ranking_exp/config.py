@@ -140,10 +140,50 @@ class DNNScorerConfig:
     input_batch_norm: bool = False
     batch_norm_moment: float = 0.99
     dropout: float = 0.2
+    # Stddev of Gaussian noise added to each document's (preprocessed, input-batch-normalized
+    # where on) feature vector, in training only (DASALC's data augmentation); 0: off.
+    input_noise: float = 0.0
 
     def __post_init__(self):
         _check_tower(self.hidden_layer_dims, self.dropout, self.activation, "scorer.hidden_layer_dims")
         _check(0.0 < self.batch_norm_moment < 1.0, "scorer.batch_norm_moment", "must be in (0, 1)")
+        _check_input_noise(self.input_noise)
+
+
+def _check_input_noise(value: float) -> None:
+    _check(math.isfinite(value) and value >= 0, "scorer.input_noise", f"must be >= 0 (got {value})")
+
+
+@option("scorer", "dasalc")
+@dataclass
+class DASALCScorerConfig:
+    """DASALC (Qin et al., ICLR 2021, "Are Neural Rankers still Outperformed by Gradient Boosted
+    Decision Trees?"): each document's features (input batch norm, Gaussian noise in training)
+    go through a feed-forward tower; in parallel, multi-head self-attention over the documents
+    of the same list (TF Ranking's DocumentInteractionAttention, masked); the two are combined
+    by a latent cross, ``tower * (1 + projected attention)``, and a dense layer scores it. Scores
+    depend on the whole list (not a univariate scorer)."""
+
+    kind: str = "dasalc"
+    hidden_layer_dims: list[int] = field(default_factory=lambda: [256, 128, 64])
+    activation: str = "relu"
+    use_batch_norm: bool = True
+    input_batch_norm: bool = True
+    batch_norm_moment: float = 0.99
+    dropout: float = 0.2
+    input_noise: float = 0.1
+    num_attention_layers: int = 2
+    num_heads: int = 2
+    head_size: int = 64  # each head's key size, and the width of the attention output
+    attention_dropout: float = 0.1
+
+    def __post_init__(self):
+        _check_tower(self.hidden_layer_dims, self.dropout, self.activation, "scorer.hidden_layer_dims")
+        _check(0.0 < self.batch_norm_moment < 1.0, "scorer.batch_norm_moment", "must be in (0, 1)")
+        _check_input_noise(self.input_noise)
+        for key in ("num_attention_layers", "num_heads", "head_size"):
+            _check(getattr(self, key) > 0, f"scorer.{key}", f"must be > 0 (got {getattr(self, key)})")
+        _check(0.0 <= self.attention_dropout < 1.0, "scorer.attention_dropout", "must be in [0, 1)")
 
 
 @option("scorer", "gam")

@@ -52,7 +52,7 @@ def test_every_option_composes_into_its_validated_class(group, option, monkeypat
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["scorer=foo"], "scorer=foo: no such option (choose from custom, dnn, gam, lightgbm, linear)"),
+    (["scorer=foo"], "scorer=foo: no such option (choose from custom, dasalc, dnn, gam, lightgbm, linear)"),
     (["optimizer.learning_rate=0"], "optimizer.learning_rate: must be > 0"),
     (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate: must be > 0"),
     (["train.epochs=0"], "train.epochs: must be > 0"),
@@ -88,7 +88,7 @@ def test_multirun_preflight_checks_every_swept_value():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["scorer=foo"], "error: scorer=foo: no such option (choose from custom, dnn, gam, lightgbm, linear)"),
+    (["scorer=foo"], "error: scorer=foo: no such option (choose from custom, dasalc, dnn, gam, lightgbm, linear)"),
     (["optimizer.learning_rate=0"], "error: optimizer.learning_rate: must be > 0 (got 0.0)"),
     (["train.epochs=0"], "error: train.epochs: must be > 0 (got 0)"),
     (["-m", "loss=softmax,nope"], "error: loss=nope: no such option"),

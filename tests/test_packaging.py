@@ -44,7 +44,7 @@ def test_configs_ship_with_the_wheel(wheel_venv, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "example_hidden_layer_dims" in r.stdout and "list_mle_loss" in r.stdout
     r = run(wheel_venv, ["-m", "ranking_exp", "scorer=foo"], tmp_path)
-    assert r.stderr.strip() == "error: scorer=foo: no such option (choose from custom, dnn, gam, lightgbm, linear)"
+    assert r.stderr.strip() == "error: scorer=foo: no such option (choose from custom, dasalc, dnn, gam, lightgbm, linear)"
     r = run(wheel_venv, ["-m", "ranking_exp.predict", "--cfg", "job", "model=m", "input=i", "output=o"], tmp_path)
     assert r.returncode == 0 and "tracking_uri" in r.stdout
 

@@ -154,5 +154,7 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
             return None
         return self._build_dataset(info.files, self._train.eval_batch_size, list_size=None, randomize_input=False)
 
-    def build_signatures(self, model: tf.keras.Model):
-        return RankingSignatures(model, self.spec)()
+    def build_signatures(self, model: tf.keras.Model, serving_default: str = "regress"):
+        """``serving_default``: ``regress`` (one tf.Example per document: right for univariate
+        scorers) or ``predict`` (whole ExampleListWithContext lists: listwise scorers)."""
+        return RankingSignatures(model, self.spec)(serving_default=serving_default)

@@ -1,11 +1,13 @@
-"""Scorers: TF Ranking's DNN and GAM scorers, a linear one, or the user's, from the config."""
+"""Scorers: TF Ranking's DNN and GAM scorers, a linear one, DASALC, or the user's, from the config."""
 from __future__ import annotations
 
 import tensorflow as tf
 import tensorflow_ranking as tfr
 
-from ranking_exp.config import CustomScorerConfig, DNNScorerConfig, GAMScorerConfig, LinearScorerConfig
+from ranking_exp.config import (CustomScorerConfig, DASALCScorerConfig, DNNScorerConfig, GAMScorerConfig,
+                                LinearScorerConfig)
 from ranking_exp.errors import ConfigError
+from ranking_exp.model.dasalc import DASALCScorer, feature_vector, input_block
 from ranking_exp.plugins import load_callable
 
 
@@ -27,11 +29,28 @@ def _activation(name: str):
     return tf.nn.leaky_relu if name == "leaky_relu" else tf.keras.activations.get(name)
 
 
+class NoisyDNNScorer(tfr.keras.model.DNNScorer):
+    """TF Ranking's DNNScorer with Gaussian noise on its input (after the input batch norm), in
+    training only: DASALC's data augmentation."""
+
+    def __init__(self, input_noise: float, **dnn_kwargs):
+        super().__init__(**dnn_kwargs)
+        self._input_noise = input_noise
+
+    def _score_flattened(self, context_features, example_features):
+        kwargs = dict(self._dnn_kwargs)
+        x = input_block(feature_vector(context_features, example_features), kwargs.pop("input_batch_norm", False),
+                        kwargs.get("batch_norm_moment", 0.999), self._input_noise)
+        return tfr.keras.layers.create_tower(input_batch_norm=False, **kwargs)(x)
+
+
 def _dnn(c: DNNScorerConfig):
-    return tfr.keras.model.DNNScorer(
-        hidden_layer_dims=list(c.hidden_layer_dims), output_units=1, activation=_activation(c.activation),
-        input_batch_norm=c.input_batch_norm, use_batch_norm=c.use_batch_norm,
-        batch_norm_moment=c.batch_norm_moment, dropout=c.dropout)
+    kwargs = dict(hidden_layer_dims=list(c.hidden_layer_dims), output_units=1, activation=_activation(c.activation),
+                  input_batch_norm=c.input_batch_norm, use_batch_norm=c.use_batch_norm,
+                  batch_norm_moment=c.batch_norm_moment, dropout=c.dropout)
+    if c.input_noise > 0:
+        return NoisyDNNScorer(c.input_noise, **kwargs)
+    return tfr.keras.model.DNNScorer(**kwargs)  # exactly TF Ranking's
 
 
 def _gam(c: GAMScorerConfig):
@@ -40,6 +59,15 @@ def _gam(c: GAMScorerConfig):
         context_hidden_layer_dims=list(c.context_hidden_layer_dims),
         activation=_activation(c.activation), use_batch_norm=c.use_batch_norm,
         batch_norm_moment=c.batch_norm_moment, dropout=c.dropout)
+
+
+def _dasalc(c: DASALCScorerConfig):
+    return DASALCScorer(
+        hidden_layer_dims=list(c.hidden_layer_dims), activation=_activation(c.activation),
+        use_batch_norm=c.use_batch_norm, input_batch_norm=c.input_batch_norm,
+        batch_norm_moment=c.batch_norm_moment, dropout=c.dropout, input_noise=c.input_noise,
+        num_attention_layers=c.num_attention_layers, num_heads=c.num_heads, head_size=c.head_size,
+        attention_dropout=c.attention_dropout)
 
 
 def _linear(c: LinearScorerConfig):
@@ -53,7 +81,8 @@ def _custom(c: CustomScorerConfig):
     return scorer
 
 
-SCORERS = {DNNScorerConfig: _dnn, GAMScorerConfig: _gam, LinearScorerConfig: _linear, CustomScorerConfig: _custom}
+SCORERS = {DNNScorerConfig: _dnn, GAMScorerConfig: _gam, LinearScorerConfig: _linear, CustomScorerConfig: _custom,
+           DASALCScorerConfig: _dasalc}
 
 
 def build_scorer(cfg) -> tfr.keras.model.Scorer:

@@ -23,6 +23,7 @@ from ranking_exp.config import LossConfig, RunConfig
 from ranking_exp.data.builder import RankingDatasetBuilder
 from ranking_exp.errors import ConfigError, DataError
 from ranking_exp.metrics import build_metrics
+from ranking_exp.model.packing import PackedScorer
 from ranking_exp.train.callbacks import BestWeights, EpochsRun, Throughput, build_callbacks
 from ranking_exp.train.optimizer import build_optimizer
 from ranking_exp.train.resume import ResumeDir, make_state_callback
@@ -244,10 +245,18 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
         """
         if checkpoint:
             model.load_weights(checkpoint)
-        model.save(filepath=export_to, signatures=self._dataset_builder.build_signatures(model), save_traces=False)
+        model.save(filepath=export_to, save_traces=False,
+                   signatures=self._dataset_builder.build_signatures(model, serving_default=self._serving_default()))
         self._dataset_builder.spec.save(export_to)
         self.model = model  # holds the best weights after the best export
         self.exports.setdefault("last", export_to)
+
+    def _serving_default(self) -> str:
+        """A scorer whose scores depend on the whole list (e.g. DASALC) serves whole lists by
+        default; TF Ranking's per-document ``regress`` would score each document alone."""
+        scorer = getattr(self._model_builder, "_scorer", None)
+        univariate = isinstance(scorer, (tfr.keras.model.UnivariateScorer, PackedScorer)) or scorer is None
+        return "regress" if univariate else "predict"
 
     @property
     def strategy(self):
