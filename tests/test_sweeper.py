@@ -190,12 +190,49 @@ def test_a_killed_sweep_resumes_and_retries_the_lost_trial(tmp_path):
     (SMALL_SPACE, "hydra.sweeper.sampler.kind=bogus", "error: hydra.sweeper.sampler.kind: 'bogus' is not a sampler"),
     (SMALL_SPACE, "hydra.sweeper.pruner.kind=nope", "error: hydra.sweeper.pruner.kind: 'nope' is not a pruner"),
     (SMALL_SPACE, "hydra.sweeper.params.nope=3", "error: hydra.sweeper.params.nope:"),
-], ids=["unknown path", "empty interval", "unknown sampler", "unknown pruner", "params typo"])
+    (SMALL_SPACE, "hydra.sweeper.pruner.percentile=150",
+     "error: hydra.sweeper.pruner.percentile: must be in (0, 100] (the share of trials kept at each epoch), got 150.0"),
+], ids=["unknown path", "empty interval", "unknown sampler", "unknown pruner", "params typo", "bad percentile"])
 def test_bad_sweep_files_fail_in_one_line_before_training(tmp_path, params, override, message):
     r = run_cli(sweep_args(tmp_path, params, *([override] if override else [])), cwd=tmp_path, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().startswith(message) and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_pruner_kinds_build_the_optuna_pruner_they_name():
+    from hydra_plugins.ranking_exp_sweeper.config import PrunerConfig
+    from hydra_plugins.ranking_exp_sweeper.factories import make_pruner
+
+    median = make_pruner(PrunerConfig(kind="median", n_startup_trials=4, n_warmup_steps=2))
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert (median._percentile, median._n_startup_trials, median._n_warmup_steps) == (50.0, 4, 2)
+    percentile = make_pruner(PrunerConfig(kind="percentile", percentile=40.0, n_startup_trials=4, n_warmup_steps=2,
+                                          interval_steps=2))
+    assert type(percentile) is optuna.pruners.PercentilePruner
+    assert (percentile._percentile, percentile._n_startup_trials, percentile._n_warmup_steps,
+            percentile._interval_steps) == (40.0, 4, 2, 2)
+    patient = make_pruner(PrunerConfig(kind="patient", patience=2, min_delta=0.001, n_startup_trials=3))
+    assert isinstance(patient, optuna.pruners.PatientPruner)
+    assert (patient._patience, patient._min_delta) == (2, 0.001)
+    inner = patient._wrapped_pruner  # the median rule (percentile 50) decides once patience runs out
+    assert type(inner) is optuna.pruners.PercentilePruner and (inner._percentile, inner._n_startup_trials) == (50.0, 3)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("percentile", 0.0, "hydra.sweeper.pruner.percentile: must be in (0, 100]"),
+    ("patience", -1, "hydra.sweeper.pruner.patience: must be an integer >= 0, got -1"),
+    ("min_delta", -0.1, "hydra.sweeper.pruner.min_delta: must be >= 0, got -0.1"),
+    ("interval_steps", 0, "hydra.sweeper.pruner.interval_steps: must be an integer >= 1, got 0"),
+    ("reduction_factor", 1, "hydra.sweeper.pruner.reduction_factor: must be an integer >= 2, got 1"),
+])
+def test_bad_pruner_values_are_one_line_config_errors(field, value, message):
+    from hydra_plugins.ranking_exp_sweeper.config import PrunerConfig
+    from ranking_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        PrunerConfig(kind="patient", **{field: value})
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
 def test_shipped_sweeps_pass_their_checks(tmp_path):

@@ -9,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 from ranking_exp.errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsgaii")
-PRUNERS = ("median", "hyperband", "successive_halving", "none")
+PRUNERS = ("median", "percentile", "patient", "hyperband", "successive_halving", "none")
 
 
 def _check(cond: bool, key: str, problem: str) -> None:
@@ -32,15 +32,40 @@ class SamplerConfig:
 @dataclass
 class PrunerConfig:
     kind: str = "median"
-    n_startup_trials: int = 2  # median: trials that finish before any pruning
-    n_warmup_steps: int = 1  # median: epochs before a trial can be pruned
-    interval_steps: int = 1
+    n_startup_trials: int = 2  # median / percentile / patient: trials that finish before any pruning
+    n_warmup_steps: int = 1  # median / percentile / patient: epochs before a trial can be pruned
+    interval_steps: int = 1  # median / percentile / patient: epochs between pruning checks
+    percentile: float = 50.0  # percentile / patient: keep trials in the top `percentile`% at each epoch (50: median)
+    patience: int = 1  # patient: prune only after this many epochs without a better validation value...
+    min_delta: float = 0.0  # patient: ...by more than min_delta (then the median/percentile rule decides)
     min_resource: int = 1  # hyperband / successive_halving (epochs)
     max_resource: Any = "auto"
     reduction_factor: int = 3
 
     def __post_init__(self):
         _check(self.kind in PRUNERS, "pruner.kind", f"{self.kind!r} is not a pruner (choose from {', '.join(PRUNERS)})")
+        for key in ("n_startup_trials", "n_warmup_steps", "patience"):
+            _check(_is_int(getattr(self, key)) and getattr(self, key) >= 0, f"pruner.{key}",
+                   f"must be an integer >= 0, got {getattr(self, key)!r}")
+        for key in ("interval_steps", "min_resource"):
+            _check(_is_int(getattr(self, key)) and getattr(self, key) >= 1, f"pruner.{key}",
+                   f"must be an integer >= 1, got {getattr(self, key)!r}")
+        _check(_is_int(self.reduction_factor) and self.reduction_factor >= 2, "pruner.reduction_factor",
+               f"must be an integer >= 2, got {self.reduction_factor!r}")
+        _check(self.max_resource == "auto" or (_is_int(self.max_resource) and self.max_resource >= self.min_resource),
+               "pruner.max_resource", f"must be 'auto' or an integer >= min_resource, got {self.max_resource!r}")
+        _check(_is_number(self.percentile) and 0.0 < self.percentile <= 100.0, "pruner.percentile",
+               f"must be in (0, 100] (the share of trials kept at each epoch), got {self.percentile!r}")
+        _check(_is_number(self.min_delta) and self.min_delta >= 0.0, "pruner.min_delta",
+               f"must be >= 0, got {self.min_delta!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass

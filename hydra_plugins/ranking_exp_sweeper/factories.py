@@ -1,6 +1,8 @@
 """Optuna objects from the sweeper's config: samplers, pruners, and the prune signal."""
 from __future__ import annotations
 
+import warnings
+
 import optuna
 
 from hydra_plugins.ranking_exp_sweeper.config import PrunerConfig, SamplerConfig
@@ -34,6 +36,14 @@ def make_pruner(c: PrunerConfig) -> optuna.pruners.BasePruner:
     if c.kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=c.n_startup_trials, n_warmup_steps=c.n_warmup_steps,
                                            interval_steps=c.interval_steps)
+    if c.kind in ("percentile", "patient"):
+        pruner = optuna.pruners.PercentilePruner(c.percentile, n_startup_trials=c.n_startup_trials,
+                                                 n_warmup_steps=c.n_warmup_steps, interval_steps=c.interval_steps)
+        if c.kind == "percentile":
+            return pruner
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and built once per trial: say it nowhere
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.pruners.PatientPruner(pruner, patience=c.patience, min_delta=c.min_delta)
     if c.kind == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=c.min_resource, max_resource=c.max_resource,
                                               reduction_factor=c.reduction_factor)
