@@ -6,7 +6,12 @@ the best validation NDCG@10 and the test NDCG@10 of the best trial, and keeps ev
 validation curve. Writes benchmarks/results/sweep_pruning.json (or --out) and prints a table.
 
 Usage: python benchmarks/sweep_pruning.py [--fold ../shared/data/MQ2008/Fold1] [--trials 32] [--epochs 12]
-       [--pruners none median_4_2 percentile_40_3_3 ...] [--out FILE]
+       [--sampler tpe|qmc|random] [--seed 0] [--pruners none median_4_2 percentile_40_3_3 ...] [--out FILE]
+
+With TPE (the default sampler) a pruned sweep is proposed different trials from the baseline's, since TPE
+learns from every finished or pruned trial: the rows then differ by the sampler's trajectory as well as by
+pruning. With ``--sampler qmc`` (scrambled Sobol, same seed) every sweep is proposed the same
+configurations in the same order, so the rows differ by pruning alone.
 
 The training code is copied once at the start and every sweep runs that copy, so edits made to the
 working tree during the (long) run cannot make the rows differ.
@@ -105,7 +110,8 @@ def snapshot_code(dest: Path) -> dict:
                                             "hydra_plugins"))}
 
 
-def run_sweep(work: Path, code: Path, fold: Path, trials: int, epochs: int, pruner: str) -> dict:
+def run_sweep(work: Path, code: Path, fold: Path, trials: int, epochs: int, pruner: str, sampler: str = "tpe",
+              seed: int = 0) -> dict:
     folder = work / "conf" / "sweep"
     folder.mkdir(parents=True)
     lines = ["# @package _global_", "defaults:", "  - override /hydra/sweeper: ranking_optuna", "hydra:", "  sweeper:",
@@ -113,7 +119,8 @@ def run_sweep(work: Path, code: Path, fold: Path, trials: int, epochs: int, prun
     (folder / "bench.yaml").write_text("\n".join(lines) + "\n")
     args = [sys.executable, "-m", "ranking_exp", "-m", "+sweep=bench", f"hydra.searchpath=[file://{work / 'conf'}]",
             "dataset=letor", f"dataset.path={fold}", f"train.epochs={epochs}", "train.verbose=0",
-            f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.sampler.seed=0", "hydra.sweeper.sampler.n_startup_trials=5",
+            f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.sampler.kind={sampler}", f"hydra.sweeper.sampler.seed={seed}",
+            "hydra.sweeper.sampler.n_startup_trials=5",
             *PRUNER_SETTINGS[pruner][1], "tracking.log_model=false", "export.best=true",
             "hydra.sweeper.register_model=false"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -149,14 +156,20 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=32)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--pruners", nargs="+", default=DEFAULT_PRUNERS, choices=sorted(PRUNER_SETTINGS))
-    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "qmc", "random"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="default: results/sweep_pruning.json (tpe, seed 0), else "
+                                                 "results/sweep_pruning_<sampler>_<seed>.json")
     a = p.parse_args()
+    if a.out is None:
+        a.out = str(OUT if (a.sampler, a.seed) == ("tpe", 0) else OUT.with_name(f"sweep_pruning_{a.sampler}_{a.seed}.json"))
     results = {}
     with tempfile.TemporaryDirectory() as code:
         source = snapshot_code(Path(code))
         for pruner in a.pruners:
             with tempfile.TemporaryDirectory() as work:
-                results[pruner] = run_sweep(Path(work), Path(code), Path(a.fold), a.trials, a.epochs, pruner)
+                results[pruner] = run_sweep(Path(work), Path(code), Path(a.fold), a.trials, a.epochs, pruner,
+                                            a.sampler, a.seed)
             v = results[pruner]
             print(f"{pruner}: {v['epochs_trained']} epochs, {v['pruned']} pruned, {v['wall_seconds']:.0f} s, "
                   f"best val {v['best_val_ndcg_10']:.4f} (trial {v['best_trial']}), test {v['best_test_ndcg_10']:.4f}",
@@ -172,7 +185,8 @@ def main() -> None:
         curves = [t["val_ndcg_10"] for t in base["per_trial"]]
         replays = {k: replay(curves, o) for k, (_, o) in PRUNER_SETTINGS.items() if k != "none"}
     payload = {"command": " ".join(["python", "benchmarks/sweep_pruning.py", *sys.argv[1:]]), "fold": a.fold,
-               "trials": a.trials, "epochs": a.epochs, "sampler": "tpe, seed 0, 5 random start-up trials",
+               "trials": a.trials, "epochs": a.epochs, "sampler": (f"tpe, seed {a.seed}, 5 random start-up trials" if a.sampler == "tpe"
+                                              else f"{a.sampler}, seed {a.seed}"),
                "space": SPACE, "baseline": a.pruners[0], "code": source,
                "pruner_settings": {k: PRUNER_SETTINGS[k][1] for k in a.pruners}, "results": results,
                "replay_of_baseline_curves": replays}

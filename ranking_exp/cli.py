@@ -181,7 +181,12 @@ def _train_task(cfg: DictConfig) -> dict[str, float]:
         return {"objective": res.objective, **means, **res.metrics, "mlflow_run_id": res.run_id, "model_uri": None}
     result = run_training(run, cfg, launch_dir=get_original_cwd(), run_name=run_name, tags=tags,
                           hydra_dir=hydra_dir)
-    if result.run_id:
+    if run.ensemble.enabled:  # ensemble.py: the ensemble's metrics beside its members' mean +- std
+        from ranking_exp import ensemble
+
+        log.info("ensemble of %d seeds: MLflow parent run %s (%s), model %s\n%s", len(result.members),
+                 result.run_id, run.tracking.uri, result.model_uri, ensemble.summary_table(result))
+    elif result.run_id:
         log.info("MLflow run %s (%s), model %s\n%s", result.run_id, run.tracking.uri, result.model_uri,
                  summary_table(result))
     else:  # a non-chief worker of a multi-worker run

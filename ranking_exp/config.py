@@ -687,6 +687,52 @@ class ExportConfig:
     best: bool = True
 
 
+_MAX_SEED = 2**32 - 1  # NumPy's seed range (tf.keras.utils.set_random_seed seeds NumPy too)
+
+
+@dataclass
+class EnsembleConfig:
+    """Ensembles of seeds (ranking_exp/ensemble.py): train one member per seed, each an ordinary
+    run recorded as an MLflow child run of one parent run, then export one SavedModel whose score
+    is the plain mean of the members' raw scores.
+
+    ``seeds``: null (no ensemble, the default); an int N: the seeds ``seed`` .. ``seed + N - 1``
+    (so the first member is the plain run); or a list of seeds (``[1, 7, 42]``). At least 2 members.
+    """
+
+    seeds: Any = None
+    # Log each member's model on its child run too (the ensemble model goes on the parent either way).
+    log_member_models: bool = True
+
+    def __post_init__(self):
+        seeds = self.seeds
+        if seeds is None:
+            return
+        if isinstance(seeds, int) and not isinstance(seeds, bool):
+            _check(seeds >= 2, "ensemble.seeds", f"an ensemble needs at least 2 members (got {seeds})")
+            return
+        _check(isinstance(seeds, (list, tuple)), "ensemble.seeds",
+               f"must be null, a number of members N >= 2, or a list of seeds (got {seeds!r})")
+        for s in seeds:
+            _check(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= _MAX_SEED, "ensemble.seeds",
+                   f"seeds must be whole numbers in [0, {_MAX_SEED}] (got {s!r})")
+        _check(len(seeds) >= 2, "ensemble.seeds", f"an ensemble needs at least 2 seeds (got {list(seeds)})")
+        twice = sorted({s for s in seeds if list(seeds).count(s) > 1})
+        _check(not twice, "ensemble.seeds", f"listed twice: {', '.join(map(str, twice))}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.seeds is not None
+
+    def member_seeds(self, seed: int) -> list[int]:
+        """The members' seeds: ``seed .. seed + N - 1`` for an int N, else the list."""
+        if self.seeds is None:
+            return []
+        if isinstance(self.seeds, int):
+            return list(range(seed, seed + self.seeds))
+        return [int(s) for s in self.seeds]
+
+
 @dataclass
 class RunConfig:
     """The composed run. Group nodes are typed by their option's schema."""
@@ -703,6 +749,7 @@ class RunConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     seed: int = 42
     output_dir: str = "${hydra:runtime.output_dir}"
 
@@ -716,6 +763,16 @@ class RunConfig:
             _check(self.metrics.monitor.startswith("ndcg_"), "metrics.monitor",
                    f"scorer=lightgbm stops early on LightGBM's ndcg@k: monitor an ndcg_k metric (got {self.metrics.monitor!r})")
             _check(self.model.builder is None, "model.builder", "does not apply to scorer=lightgbm")
+        if self.ensemble.enabled:
+            _check(not isinstance(self.scorer, LightGBMScorerConfig), "ensemble.seeds",
+                   "ensembles are of neural scorers; scorer=lightgbm is not supported (set ensemble.seeds=null)")
+            _check(self.strategy.kind in ("none", "mirrored"), "ensemble.seeds",
+                   f"members train one after another in this process: use strategy=none or mirrored "
+                   f"(got {self.strategy.kind})")
+            if isinstance(self.ensemble.seeds, int):
+                last = self.seed + self.ensemble.seeds - 1
+                _check(0 <= self.seed and last <= _MAX_SEED, "ensemble.seeds",
+                       f"the seeds seed..seed+N-1 must lie in [0, {_MAX_SEED}] (seed={self.seed}, last {last})")
 
 
 GROUPS = ("dataset", "scorer", "loss", "optimizer", "strategy")

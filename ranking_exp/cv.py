@@ -12,6 +12,8 @@ Each fold's run has its own composed config (``dataset.path`` = the fold, ``data
 null, output in ``<run dir>/<fold>``), so its MLflow params, resume backup and export are its own.
 A killed CV command run again resumes the fold it was training (in that fold's earlier MLflow
 run) and trains the folds it had finished again, under a new parent run.
+With ``ensemble.seeds`` each fold's run is an ensemble (ranking_exp/ensemble.py): its parent run is
+the fold's child run here, its members are grandchildren, and the fold's metrics are the ensemble's.
 """
 from __future__ import annotations
 

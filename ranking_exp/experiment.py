@@ -75,6 +75,10 @@ def run_training(run: RunConfig, cfg: DictConfig, *, launch_dir: str, run_name: 
         from ranking_exp.gbdt import run_lightgbm
 
         return run_lightgbm(run, cfg, launch_dir=launch_dir, run_name=run_name, tags=tags, hydra_dir=hydra_dir)
+    if run.ensemble.enabled:  # a member run per seed, one mean-score model (ensemble.py)
+        from ranking_exp.ensemble import run_ensemble
+
+        return run_ensemble(run, cfg, launch_dir=launch_dir, run_name=run_name, tags=tags, hydra_dir=hydra_dir)
     check_plugins(run)
     limit_threads(run.train.threads)
     strategy = _make_strategy(run)  # before TensorFlow's first op (multi-worker strategies need that)

@@ -37,7 +37,7 @@ from ranking_exp.errors import DataError, TrainingDiverged
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.txt"
 # Config sections that do not apply to a LightGBM run (left out of its MLflow params).
-_NOT_APPLICABLE = ("loss", "optimizer", "preprocess", "callbacks", "model", "export", "strategy")
+_NOT_APPLICABLE = ("loss", "optimizer", "preprocess", "callbacks", "model", "export", "strategy", "ensemble")
 _TRAIN_KEYS = ("threads", "deterministic")
 
 

@@ -101,3 +101,15 @@ def test_cli_config_errors_exit_2_with_one_line_and_write_nothing(tmp_path: Path
     assert "Traceback" not in r.stderr + r.stdout
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_configs_compose_on_any_fold(tmp_path, name):
+    """``+experiment=NAME dataset.path=<fold>`` is the documented way to train a named experiment."""
+    from tests.helpers import compose_run
+
+    run, _ = compose_run(tmp_path, [f"+experiment={name}", "dataset.path=/data/MQ2008/Fold3"])
+    assert run.dataset.path == "/data/MQ2008/Fold3"
+    if name == "mq2008_best":
+        assert (run.scorer.kind, run.loss.key, run.train.batch_size) == ("dnn", "softmax_loss", 16)
+        assert run.ensemble.seeds == 5

@@ -242,7 +242,7 @@ def test_shipped_sweeps_pass_their_checks(tmp_path):
     from ranking_exp.config import register_configs
 
     register_configs()
-    for name in ("dnn_softmax", "losses"):
+    for name in ("dnn_softmax", "losses", "lightgbm_mq2008", "mq2008_dnn"):
         with initialize_config_module("ranking_exp.conf", version_base="1.3"):
             cfg = compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
         assert cfg.hydra.sweeper._target_.endswith("RankingOptunaSweeper")
@@ -279,3 +279,28 @@ def test_plain_multirun_jobs_do_not_affect_each_other(tmp_path):
     assert len(runs) == 2 and runs[0].info.run_id != runs[1].info.run_id
     assert runs[0].data.metrics["test_ndcg_10"] == runs[1].data.metrics["test_ndcg_10"]
     assert runs[0].data.metrics["best_val_map"] == runs[1].data.metrics["best_val_map"]
+
+
+def test_qmc_sampler_proposes_the_same_points_whatever_the_results():
+    """What makes it the sampler for comparing pruners: a pruned sweep trains the same configurations."""
+    from hydra_plugins.ranking_exp_sweeper.config import SamplerConfig
+    from hydra_plugins.ranking_exp_sweeper.factories import make_sampler
+
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+             "dropout": optuna.distributions.FloatDistribution(0.0, 0.5),
+             "batch": optuna.distributions.CategoricalDistribution([16, 32, 64])}
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def proposals(tell):
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(SamplerConfig(kind="qmc", seed=3), space))
+        out = []
+        for i in range(8):
+            trial = study.ask(space)
+            out.append(trial.params)
+            tell(study, trial, i)
+        return out
+
+    completed = proposals(lambda s, t, i: s.tell(t, float(i)))
+    pruned = proposals(lambda s, t, i: s.tell(t, state=optuna.trial.TrialState.PRUNED if i % 2 else None,
+                                             values=None if i % 2 else float(-i)))
+    assert completed == pruned and len({p["lr"] for p in completed}) == 8

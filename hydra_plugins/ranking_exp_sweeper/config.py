@@ -8,7 +8,7 @@ from hydra.core.config_store import ConfigStore
 
 from ranking_exp.errors import ConfigError
 
-SAMPLERS = ("tpe", "random", "cmaes", "grid", "nsgaii")
+SAMPLERS = ("tpe", "random", "qmc", "cmaes", "grid", "nsgaii")
 PRUNERS = ("median", "percentile", "patient", "hyperband", "successive_halving", "none")
 
 

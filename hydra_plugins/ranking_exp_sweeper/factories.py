@@ -20,6 +20,11 @@ def make_sampler(c: SamplerConfig, distributions) -> optuna.samplers.BaseSampler
         return optuna.samplers.TPESampler(seed=c.seed, n_startup_trials=c.n_startup_trials, multivariate=c.multivariate)
     if c.kind == "random":
         return optuna.samplers.RandomSampler(seed=c.seed)
+    if c.kind == "qmc":  # scrambled Sobol points; proposals never depend on results (categoricals drawn at random)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=c.seed,
+                                              warn_independent_sampling=False)
     if c.kind == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=c.seed)
     if c.kind == "nsgaii":

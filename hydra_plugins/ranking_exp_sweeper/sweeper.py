@@ -7,6 +7,7 @@ study and together run ``n_trials`` trials.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,9 +33,18 @@ from ranking_exp.config import GROUPS
 from ranking_exp.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-# We record heartbeats ourselves around ask/tell trials (see _Heartbeat).
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+@contextlib.contextmanager
+def _quiet_optuna():
+    """Optuna warns that heartbeats, stale-trial handling and QMC are experimental, and that heartbeats are
+    meant for Study.optimize (we record them ourselves around ask/tell trials, see _Heartbeat): known and
+    intended here, so not shown to the user. Scoped, since TensorFlow and MLflow reset global filters."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
+
 TrialState = optuna.trial.TrialState
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 
@@ -146,19 +156,22 @@ class RankingOptunaSweeper(Sweeper):
         objectives = [conf.objective] if isinstance(conf.objective, str) else list(conf.objective)
         directions = [conf.direction] if isinstance(conf.direction, str) else list(conf.direction)
 
-        storage_url = resolve_storage_url(conf.storage) if conf.storage else None
-        storage = None
-        if storage_url:
-            from ranking_exp.shared_db import open_shared
+        with _quiet_optuna():
+            storage_url = resolve_storage_url(conf.storage) if conf.storage else None
+            storage = None
+            if storage_url:
+                from ranking_exp.shared_db import open_shared
 
-            storage = open_shared(lambda: optuna.storages.RDBStorage(
-                storage_url, heartbeat_interval=conf.heartbeat_interval, grace_period=conf.grace_period,
-                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=conf.max_retry)),
-                f"Optuna storage {storage_url}")
-        name = self.study_name()
-        study = optuna.create_study(
-            study_name=name, storage=storage, sampler=make_sampler(conf.sampler, distributions),
-            pruner=make_pruner(conf.pruner), directions=directions, load_if_exists=True)
+                # A trial whose heartbeat stopped (its process was killed) is marked FAIL and its configuration
+                # enqueued again, up to max_retry times.
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=conf.max_retry)
+                storage = open_shared(lambda: optuna.storages.RDBStorage(
+                    storage_url, heartbeat_interval=conf.heartbeat_interval, grace_period=conf.grace_period,
+                    heartbeat_stale_trial_callback=retry), f"Optuna storage {storage_url}")
+            name = self.study_name()
+            study = optuna.create_study(
+                study_name=name, storage=storage, sampler=make_sampler(conf.sampler, distributions),
+                pruner=make_pruner(conf.pruner), directions=directions, load_if_exists=True)
         monitor = f"val_{self.config.metrics.monitor}"
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +206,8 @@ class RankingOptunaSweeper(Sweeper):
         conf = self.conf
         while True:
             if storage is not None:
-                optuna.storages.fail_stale_trials(study)
+                with _quiet_optuna():
+                    optuna.storages.fail_stale_trials(study)
             counts = self._counts(study)
             done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
             failed = counts[TrialState.FAIL]
@@ -204,8 +218,9 @@ class RankingOptunaSweeper(Sweeper):
             if budget <= 0:
                 return
             self._adopt_parent(study, recorder)  # workers that started together agree on one parent
-            trials = [t for t in (study.ask(distributions) for _ in range(min(conf.n_jobs, budget)))
-                      if not self._surplus(study, t)]
+            with _quiet_optuna():
+                asked = [study.ask(distributions) for _ in range(min(conf.n_jobs, budget))]
+            trials = [t for t in asked if not self._surplus(study, t)]
             if not trials:
                 return
             batch = []

@@ -5,7 +5,8 @@ epoch from a Keras callback and at the end from the test split, artifacts are th
 (a pyfunc wrapping the SavedModel, loadable with ``mlflow.pyfunc.load_model``), the Hydra
 config and overrides, and the TensorBoard logs. A run that raises is marked FAILED. A LightGBM
 run (``scorer=lightgbm``) logs its booster as an MLflow LightGBM model instead (``log_lightgbm``);
-a cross-validation run is a parent run over one child run per fold.
+a cross-validation run is a parent run over one child run per fold, an ensemble of seeds one
+over a child run per seed.
 """
 from __future__ import annotations
 

@@ -1,0 +1,135 @@
+"""Neural ranker vs LightGBM LambdaMART on MQ2008's five folds, side by side in one MLflow experiment.
+
+One command runs, in one working directory (one ``mlflow.db``, one ``optuna.db``):
+
+1. LightGBM with defaults: ``scorer=lightgbm dataset.folds=all`` (1000 trees at most, learning rate 0.05,
+   31 leaves, early stopping on vali).
+2. LightGBM tuned per fold through the project's own sweeper: ``-m +sweep=lightgbm_mq2008`` once per fold
+   (its own study, ``--lightgbm-trials`` trials, TPE seed 0), the best trial chosen on that fold's
+   validation set; its test metrics are read from its MLflow run.
+3. The neural ranker: ``+experiment=mq2008_best dataset.folds=all`` (the named experiment config).
+
+Test folds never steer a choice: every selection (early stopping, trial, best epoch) is made on a fold's
+validation set. Metrics use the standard convention (gain 2^label - 1, discount log2(rank + 1), queries
+without a relevant document skipped). Writes benchmarks/results/mq2008_compare.json and prints the table
+the README shows. Open the runs with ``mlflow ui --backend-store-uri sqlite:///<workdir>/mlflow.db``.
+
+Usage: python benchmarks/mq2008_compare.py [--data ../shared/data/MQ2008] [--workdir DIR]
+       [--lightgbm-trials 30] [--only lightgbm_defaults lightgbm_tuned neural] [--neural-overrides k=v ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+MQ2008 = Path(os.environ.get("RANKING_EXP_MQ2008", REPO.parent / "shared" / "data" / "MQ2008"))
+OUT = Path(__file__).parent / "results" / "mq2008_compare.json"
+METRICS = ("ndcg_1", "ndcg_3", "ndcg_5", "ndcg_10", "map", "mrr")
+FOLDS = [f"Fold{i}" for i in range(1, 6)]
+COMMON = ["dataset.progress=false", "train.verbose=0", "metrics.convention=standard"]
+
+
+def _run(args: list[str], work: Path) -> float:
+    started = time.time()
+    r = subprocess.run([sys.executable, "-m", "ranking_exp", *args], cwd=work, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"failed: python -m ranking_exp {' '.join(args)}\n{r.stderr[-3000:]}")
+    return time.time() - started
+
+
+def _cv_results(work: Path, since: float) -> dict:
+    """The newest cv_results.json written after ``since``."""
+    found = [p for p in work.glob("outputs/*/*/cv_results.json") if p.stat().st_mtime >= since]
+    return json.loads(max(found, key=lambda p: p.stat().st_mtime).read_text())
+
+
+def cross_validate(work: Path, data: Path, overrides: list[str]) -> dict:
+    since = time.time()
+    wall = _run([*overrides, "dataset=letor", f"dataset.path={data}", "dataset.folds=all", *COMMON], work)
+    cv = _cv_results(work, since)
+    return {"command": "python -m ranking_exp " + " ".join([*overrides, f"dataset.path={data}", "dataset.folds=all"]),
+            "wall_seconds": round(wall, 1),
+            "folds": {name: {"test": {m: f["metrics"][f"test_{m}"] for m in METRICS},
+                             "vali": {m: f["metrics"].get(f"best_val_{m}") for m in METRICS}}
+                      for name, f in cv["folds"].items()}}
+
+
+def lightgbm_tuned(work: Path, data: Path, trials: int) -> dict:
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    folds, wall = {}, 0.0
+    for fold in FOLDS:
+        study_name = f"lightgbm_mq2008_{fold.lower()}"
+        wall += _run(["-m", "+sweep=lightgbm_mq2008", f"dataset.path={data / fold}",
+                      f"hydra.sweeper.study_name={study_name}", f"hydra.sweeper.n_trials={trials}",
+                      "train.threads=1", "tracking.log_model=false", "hydra.sweeper.register_model=false",
+                      *COMMON], work)
+        best = optuna.load_study(study_name=study_name, storage=f"sqlite:///{work / 'optuna.db'}").best_trial
+        run = client.get_run(best.user_attrs["mlflow_run_id"])
+        folds[fold] = {"test": {m: run.data.metrics[f"test_{m}"] for m in METRICS},
+                       "vali": {m: run.data.metrics.get(f"best_val_{m}") for m in METRICS},
+                       "best_trial": best.number, "best_params": best.params}
+    return {"command": f"python -m ranking_exp -m +sweep=lightgbm_mq2008 dataset.path=<MQ2008>/FoldN "
+                       f"hydra.sweeper.study_name=lightgbm_mq2008_foldN hydra.sweeper.n_trials={trials} train.threads=1",
+            "wall_seconds": round(wall, 1), "trials_per_fold": trials, "folds": folds}
+
+
+def with_means(result: dict) -> dict:
+    for split in ("test", "vali"):
+        values = {m: [f[split][m] for f in result["folds"].values() if f[split].get(m) is not None] for m in METRICS}
+        result[f"{split}_mean"] = {m: sum(v) / len(v) for m, v in values.items() if len(v) == len(result["folds"])}
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", default=str(MQ2008))
+    p.add_argument("--workdir", default=None, help="keep the MLflow and Optuna stores here (default: a temp dir)")
+    p.add_argument("--lightgbm-trials", type=int, default=30)
+    p.add_argument("--only", nargs="+", default=["lightgbm_defaults", "lightgbm_tuned", "neural"],
+                   choices=["lightgbm_defaults", "lightgbm_tuned", "neural"])
+    p.add_argument("--neural-overrides", nargs="*", default=[], help="extra overrides for the neural run")
+    p.add_argument("--out", default=str(OUT))
+    a = p.parse_args()
+    data = Path(a.data).resolve()
+    if not (data / "Fold1").is_dir():
+        sys.exit(f"MQ2008 not found at {data} (pass --data or set RANKING_EXP_MQ2008)")
+    out = Path(a.out)
+    previous = json.loads(out.read_text())["results"] if out.exists() else {}
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(a.workdir or scratch).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        results = dict(previous)  # --only reruns some rows and keeps the others
+        for name in a.only:
+            if name == "lightgbm_defaults":
+                results[name] = with_means(cross_validate(work, data, ["scorer=lightgbm", "train.threads=1",
+                                                                       "tracking.log_model=false"]))
+            elif name == "lightgbm_tuned":
+                results[name] = with_means(lightgbm_tuned(work, data, a.lightgbm_trials))
+            else:
+                results[name] = with_means(cross_validate(work, data, ["+experiment=mq2008_best",
+                                                                       *a.neural_overrides]))
+            r = results[name]
+            print(f"{name}: test NDCG@10 {r['test_mean']['ndcg_10']:.4f}, NDCG@5 {r['test_mean']['ndcg_5']:.4f} "
+                  f"({r['wall_seconds']:.0f} s)", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"data": str(data), "convention": "standard", "results": results}, indent=2) + "\n")
+    print(f"\n{'ranker':<20}" + "".join(f"{m:>9}" for m in ("NDCG@1", "NDCG@3", "NDCG@5", "NDCG@10")) +
+          "".join(f"{f:>8}" for f in FOLDS))
+    for name, r in results.items():
+        print(f"{name:<20}" + "".join(f"{r['test_mean'][m]:>9.4f}" for m in METRICS[:4]) +
+              "".join(f"{r['folds'][f]['test']['ndcg_10']:>8.4f}" for f in FOLDS))
+    print("(test means over the 5 folds; per-fold columns: test NDCG@10)")
+
+
+if __name__ == "__main__":
+    main()
