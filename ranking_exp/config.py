@@ -642,7 +642,11 @@ class TrainConfig:
     # Parsed lists kept in memory after the first epoch (ranking_exp/data/builder.py): auto does
     # it when the data take under a quarter of the machine's memory; none re-parses every epoch.
     cache: str = "auto"
-    steps_per_execution: int = 1
+    # Training steps per call into TensorFlow (Keras' compile(steps_per_execution)): auto runs a
+    # whole epoch per call in runs of 2,000+ steps when the lists are counted, with no strategy,
+    # no callback that needs every batch and no progress bar (else 1: the loops take seconds to
+    # build); an int N > 0 sets it (batch callbacks then see every Nth batch).
+    steps_per_execution: Any = "auto"
     verbose: int = 2
     deterministic: bool = True
     # CPU threads for TensorFlow's ops (null: all cores). Set it when trials run in parallel
@@ -660,7 +664,9 @@ class TrainConfig:
         _check(self.batch_size > 0, "train.batch_size", "must be > 0")
         _check(self.eval_batch_size > 0, "train.eval_batch_size", "must be > 0")
         _check(self.list_size is None or self.list_size > 0, "train.list_size", "must be > 0 or null")
-        _check(self.steps_per_execution > 0, "train.steps_per_execution", "must be > 0")
+        spe = self.steps_per_execution
+        _check(spe == "auto" or (isinstance(spe, int) and not isinstance(spe, bool) and spe > 0),
+               "train.steps_per_execution", f"must be auto or a whole number > 0 (got {spe!r})")
         _check(self.cache in ("auto", "memory", "none"), "train.cache",
                f"must be auto, memory or none (got {self.cache!r})")
         _check(self.verbose in (0, 1, 2), "train.verbose", "must be 0, 1 or 2")

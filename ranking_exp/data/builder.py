@@ -12,8 +12,10 @@ order, are cached as parsed batches.
 """
 from __future__ import annotations
 
+import math
 import os
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_ranking as tfr
 
@@ -46,6 +48,27 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
         self._seed = seed
         self._num_workers = num_workers
         self._shard_policy = shard_policy
+        # Lists per split where known (metadata, or counted by the pipeline): a single process's
+        # datasets then carry their number of batches, which Keras needs for steps_per_execution.
+        self.num_lists: dict[str, int] = {s: data.split(s).num_lists for s in ("train", "vali", "test")
+                                          if data.split(s) is not None and data.split(s).num_lists is not None}
+
+    def num_batches(self, split: str) -> int | None:
+        """Batches in one pass over ``split`` (None: its lists are not counted)."""
+        n = self.num_lists.get(split)
+        if n is None:
+            return None
+        return math.ceil(n / (self._train.batch_size if split == "train" else self._train.eval_batch_size))
+
+    def _with_cardinality(self, dataset: tf.data.Dataset, files: list[str], batch_size: int) -> tf.data.Dataset:
+        """``dataset`` declared to hold its number of batches, when its split's lists are counted
+        (one process only: sharding changes the count)."""
+        if self._num_workers > 1:
+            return dataset
+        for split, n in self.num_lists.items():
+            if list(self.data.split(split).files) == list(files):
+                return dataset.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
+        return dataset
 
     def _auto_shard(self, dataset: tf.data.Dataset, num_files: int) -> tf.data.Dataset:
         """Multi-worker input: each worker reads its own shards (FILE) when every worker gets at
@@ -61,15 +84,16 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
         return dataset.with_options(options)
 
     def _padding_values(self) -> dict:
-        """What padded slots hold: each feature's default, no mask, the padding label (< 0)."""
+        """What padded slots hold, as Python scalars: each feature's default, no mask, the
+        padding label (< 0)."""
         def default(spec):
             value = getattr(spec, "default_value", None)
             if value is None:
-                return tf.constant("" if spec.dtype == tf.string else 0, dtype=spec.dtype)
-            return tf.reshape(tf.constant(value, dtype=spec.dtype), [-1])[0]
+                return b"" if spec.dtype == tf.string else 0
+            return np.asarray(value).reshape(-1)[0].item()
 
         specs = {**self._example_spec, **self._context_spec}
-        return {**{name: default(spec) for name, spec in specs.items()}, self._mask_feature_name: tf.constant(False)}
+        return {**{name: default(spec) for name, spec in specs.items()}, self._mask_feature_name: False}
 
     @property
     def _context_spec(self) -> dict:
@@ -94,16 +118,38 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
     def _cached_training_dataset(self, files: list[str], batch_size: int, list_size: int | None) -> tf.data.Dataset:
         """Parsed once and kept in memory; each epoch reshuffles the lists and pads every batch to
         its longest list, or cuts and pads every list to ``list_size`` (TF Ranking's rule: a
-        list's first ``list_size`` documents)."""
+        list's first ``list_size`` documents).
+
+        Features of the same kind (context or example, dtype, shape and padding value: e.g. the
+        46 float features of MQ2008) travel stacked in one tensor from the cache through the
+        shuffle and the padding, and are split back into their names per batch: tf.data's cost
+        per list grows with its number of tensors, and every epoch starts by refilling the
+        shuffle buffer. The shuffle draws the same order whatever the elements hold."""
         context = set(self._context_spec)
-        dataset = self._parsed_lists(files).cache()
+        parsed = self._parsed_lists(files)
+        groups = _stack_groups(parsed.element_spec, context, self._padding_values())
+
+        def stack(features):
+            return [features[names[0]] if len(names) == 1 else tf.stack([features[n] for n in names], axis=-1)
+                    for names, _, _ in groups]
+
+        def unstack(*stacked):
+            features = {}
+            for (names, _, _), t in zip(groups, stacked):
+                features.update(zip(names, [t] if len(names) == 1 else tf.unstack(t, num=len(names), axis=-1)))
+            return self._features_and_labels(features)
+
+        dataset = parsed.map(lambda f: tuple(stack(f))).cache()
         dataset = dataset.shuffle(self._train.shuffle_buffer, seed=self._seed, reshuffle_each_iteration=True)
         if list_size is not None:
-            dataset = dataset.map(lambda f: {k: v if k in context else v[:list_size] for k, v in f.items()})
-        shapes = {k: spec.shape if k in context else tf.TensorShape([list_size]).concatenate(spec.shape[1:])
-                  for k, spec in dataset.element_spec.items()}
-        dataset = dataset.padded_batch(batch_size, padded_shapes=shapes, padding_values=self._padding_values())
-        dataset = dataset.map(self._features_and_labels, num_parallel_calls=tf.data.AUTOTUNE)
+            dataset = dataset.map(lambda *ts: tuple(t if in_context else t[:list_size]
+                                                    for t, (_, in_context, _) in zip(ts, groups)))
+        shapes = tuple(spec.shape if in_context else tf.TensorShape([list_size]).concatenate(spec.shape[1:])
+                       for spec, (_, in_context, _) in zip(dataset.element_spec, groups))
+        dataset = dataset.padded_batch(batch_size, padded_shapes=shapes, padding_values=tuple(
+            tf.constant(value, dtype=spec.dtype) for spec, (_, _, value) in zip(dataset.element_spec, groups)))
+        dataset = dataset.map(unstack, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = self._with_cardinality(dataset, files, batch_size)
         return self._auto_shard(dataset.prefetch(tf.data.AUTOTUNE), len(files))
 
     def _build_dataset(self, file_pattern, batch_size, list_size=None, randomize_input=True, num_epochs=None):
@@ -130,6 +176,7 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
             seed=self._seed,
         )
         dataset = dataset.map(self._features_and_labels, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = self._with_cardinality(dataset, files, batch_size)
         if cache and not randomize_input:  # fixed order: the parsed batches themselves
             dataset = dataset.cache()
         return self._auto_shard(dataset.prefetch(tf.data.AUTOTUNE), len(files))
@@ -158,3 +205,14 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
         """``serving_default``: ``regress`` (one tf.Example per document: right for univariate
         scorers) or ``predict`` (whole ExampleListWithContext lists: listwise scorers)."""
         return RankingSignatures(model, self.spec)(serving_default=serving_default)
+
+
+def _stack_groups(element_spec: dict, context: set, padding: dict) -> list[tuple[list[str], bool, object]]:
+    """``(names, in_context, padding value)`` per stack of a parsed list's tensors: those alike
+    in where they live (context or example), dtype, shape and padding value, in name order."""
+    groups: dict[tuple, list[str]] = {}
+    for name in sorted(element_spec):
+        spec = element_spec[name]
+        key = (name in context, spec.dtype, tuple(spec.shape.as_list()), repr(padding[name]))
+        groups.setdefault(key, []).append(name)
+    return [(names, key[0], padding[names[0]]) for key, names in groups.items()]

@@ -16,28 +16,51 @@ BEST_CHECKPOINT_DIR = "best_checkpoint"  # where TF Ranking's pipeline looks for
 
 
 class StopOnNaN(tf.keras.callbacks.Callback):
-    """Ends training at the first non-finite loss with a clear error (Keras' TerminateOnNaN
-    stops quietly and leaves NaN weights to be exported). ``per_batch=False`` checks at the end
-    of each epoch instead (ParameterServerStrategy runs no batch-level callbacks)."""
+    """Ends training at the first non-finite training loss with a clear error (Keras'
+    TerminateOnNaN stops quietly and leaves NaN weights to be exported).
+
+    ``per_batch=False`` (what runs use) checks once per epoch the loss Keras averages over the
+    epoch's batches (a NaN or inf in any batch makes it non-finite): when the epoch's training
+    steps end, before validation, so the steps never wait for the loss to be read back and the
+    diverged epoch reaches no checkpoint, backup or record; at the end of the epoch instead
+    where the running loss is not read directly (multi-worker and parameter-server strategies).
+    ``per_batch=True`` checks after every batch (Keras then calls batch hooks, which
+    ParameterServerStrategy refuses, and runs one step per execution under
+    ``train.steps_per_execution=auto``)."""
 
     def __init__(self, learning_rate: float, per_batch: bool = True):
         super().__init__()
         self.learning_rate = learning_rate
         self.per_batch = per_batch
+        self._epoch = None  # the epoch whose training steps are running (not yet checked)
 
-    def _check(self, logs, where: str) -> None:
-        loss = (logs or {}).get("loss")
+    def _check(self, loss, where: str) -> None:
         if loss is not None and not math.isfinite(float(loss)):
             raise TrainingDiverged(f"training diverged: loss is {float(loss)} at {where} "
                                    f"(try a lower optimizer.learning_rate than {self.learning_rate})")
 
     def on_train_batch_end(self, batch, logs=None):
         if self.per_batch:
-            self._check(logs, f"batch {batch}")
+            self._check((logs or {}).get("loss"), f"batch {batch}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_test_begin(self, logs=None):  # validation starts: the epoch's training steps are over
+        if self.per_batch or self._epoch is None:
+            return
+        if isinstance(self.model.distribute_strategy, (tf.distribute.MultiWorkerMirroredStrategy,
+                                                       tf.distribute.experimental.ParameterServerStrategy)):
+            return  # reading the loss there is a collective or remote operation: at the epoch's end
+        loss = next((m for m in self.model.metrics if m.name == "loss"), None)
+        if loss is not None:
+            epoch, self._epoch = self._epoch, None
+            self._check(loss.result(), f"epoch {epoch + 1}")
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.per_batch:
-            self._check(logs, f"epoch {epoch + 1}")
+        if not self.per_batch and self._epoch is not None:
+            self._epoch = None
+            self._check((logs or {}).get("loss"), f"epoch {epoch + 1}")
 
     def _implements_train_batch_hooks(self):  # Keras calls (and, under ParameterServerStrategy, refuses) batch hooks
         return self.per_batch
@@ -130,6 +153,6 @@ def build_callbacks(run: RunConfig, model_dir: str, best_dir: str | None = None,
         out.append(tf.keras.callbacks.ReduceLROnPlateau(
             monitor=monitor, mode="max", factor=c.reduce_lr.factor, patience=c.reduce_lr.patience,
             min_lr=c.reduce_lr.min_lr))
-    out.append(StopOnNaN(run.optimizer.learning_rate, per_batch=run.strategy.kind != "parameter_server"))
+    out.append(StopOnNaN(run.optimizer.learning_rate, per_batch=False))
     out.extend(instantiate(node) for node in c.extra)
     return out

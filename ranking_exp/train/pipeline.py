@@ -24,12 +24,18 @@ from ranking_exp.data.builder import RankingDatasetBuilder
 from ranking_exp.errors import ConfigError, DataError
 from ranking_exp.metrics import build_metrics
 from ranking_exp.model.packing import PackedScorer
-from ranking_exp.train.callbacks import BestWeights, EpochsRun, Throughput, build_callbacks
+from ranking_exp.train.callbacks import BestWeights, EpochsRun, StopOnNaN, Throughput, build_callbacks
 from ranking_exp.train.optimizer import build_optimizer
 from ranking_exp.train.resume import ResumeDir, make_state_callback
 from ranking_exp.train.strategy import is_parameter_server, num_workers
 
 log = logging.getLogger(__name__)
+
+# train.steps_per_execution=auto runs whole epochs per execution from this many training steps
+# in a run: on 2 cores (MQ2008, DNN 1024-512-256) the multi-step loops cost 3-5 s more per run
+# (tracing and optimizing them for training and evaluation; ~0.6 s of it in the first epoch)
+# and save ~3-4 ms of ~60 ms per step, so they pay from roughly 1,000 steps.
+AUTO_MIN_STEPS = 2000
 
 LAST_EXPORT = "export/latest_model"  # TF Ranking's names for the two exports
 BEST_EXPORT = "export/best_model_by_metric"
@@ -88,7 +94,7 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
             learning_rate=run.optimizer.learning_rate,
             loss=run.loss.key,
             optimizer=run.optimizer.name,
-            steps_per_execution=run.train.steps_per_execution,
+            steps_per_execution=1,  # resolved per run: steps_per_execution()
             export_best_model=run.export.best,
             best_exporter_metric=run.metrics.monitor,
             best_exporter_metric_higher_better=True,
@@ -129,9 +135,13 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
         # epoch has its metrics recorded and its best checkpoint written.
         train = self._dataset_builder.data.split("train")
         docs = train.num_docs if self._run.train.list_size is None else None  # cut lists: unknown
-        out: list[tf.keras.callbacks.Callback] = [self.epochs_run, Throughput(docs), *self._extra_callbacks]
-        out += build_callbacks(self._run, self._hparams.model_dir, best_dir=self.best_dir,
-                               initial_best=self._initial_best)
+        built = build_callbacks(self._run, self._hparams.model_dir, best_dir=self.best_dir,
+                                initial_best=self._initial_best)
+        # The NaN check first: a diverged epoch (found at its end where the check cannot run
+        # before validation) reaches no other callback, as if caught at its last batch.
+        out: list[tf.keras.callbacks.Callback] = [cb for cb in built if isinstance(cb, StopOnNaN)]
+        out += [self.epochs_run, Throughput(docs), *self._extra_callbacks]
+        out += [cb for cb in built if not isinstance(cb, StopOnNaN)]
         if self._resume is not None:
             if self._is_chief:  # the best value so far, before the backup that makes it count
                 out.append(make_state_callback(self._resume, f"val_{self._run.metrics.monitor}"))
@@ -149,6 +159,8 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
         version treats worker 0 of a chief-less cluster as a non-chief and loads the best
         checkpoint on every worker from a directory only the chief writes)."""
         strategy = self._strategy
+        callbacks = self.build_callbacks()
+        steps_per_execution = self.steps_per_execution(callbacks)
         with tfr.keras.strategy_utils.strategy_scope(strategy):
             model = self._model_builder.build()
             model.compile(
@@ -157,13 +169,17 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
                 metrics=self.build_metrics(),
                 loss_weights=self._hparams.loss_weights,
                 weighted_metrics=(self.build_weighted_metrics() if self._hparams.use_weighted_metrics else None),
-                steps_per_execution=self._hparams.steps_per_execution,
+                steps_per_execution=steps_per_execution,
                 # Exact evaluation: every validation list is scored once, by one shard per worker
                 # (the dataset builder shards by file or data for as many), so validation metrics
                 # match a single-process evaluation.
                 **({"pss_evaluation_shards": num_workers(strategy)} if is_parameter_server(strategy) else {}))
             if not self._run.metrics.on_train:
                 model.train_step = types.MethodType(train_step_loss_only, model)
+            if isinstance(model.optimizer, tf.keras.optimizers.Optimizer):
+                # The optimizer's slots now, as its first step would make them: a first call that
+                # creates variables makes tf.function trace the whole training step twice.
+                model.optimizer.build(model.trainable_variables)
             if is_parameter_server(strategy):
                 if not model.compiled_metrics.built:
                     # Exact evaluation reads the compiled metrics before any step has built them
@@ -179,7 +195,7 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
             valid_dataset = self._dataset_builder.build_valid_dataset()
             model.fit(x=train_dataset, epochs=self._hparams.num_epochs, steps_per_epoch=steps_per_epoch,
                       validation_steps=self._hparams.validation_steps, validation_data=valid_dataset,
-                      callbacks=self.build_callbacks(), verbose=verbose)
+                      callbacks=callbacks, verbose=verbose)
 
             root = self._hparams.model_dir if self._is_chief else tempfile.mkdtemp(prefix="ranking_exp_worker_")
             try:
@@ -190,6 +206,31 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
                 if not self._is_chief:
                     shutil.rmtree(root, ignore_errors=True)
                     self.exports = {}
+
+    def steps_per_execution(self, callbacks: list[tf.keras.callbacks.Callback]) -> int:
+        """``train.steps_per_execution``, resolved. ``auto``: a whole epoch per call into
+        TensorFlow (no return to Python between batches) for runs of at least
+        ``AUTO_MIN_STEPS`` training steps, when every split's lists are counted, no strategy is
+        set, no callback needs every batch and no progress bar is drawn; else 1 (the loops cost
+        seconds to build and save a few ms a step).
+        An explicit N > 1 counts the lists of splits without counts (their datasets must say
+        how many batches they hold)."""
+        value = self._run.train.steps_per_execution
+        builder = self._dataset_builder
+        splits = [s for s in ("train", "vali", "test") if builder.data.split(s) is not None]
+        if value == "auto":
+            hooks = any(cb._implements_train_batch_hooks() for cb in callbacks)
+            batches = builder.num_batches("train")
+            if (self._strategy is not None or hooks or self._run.train.verbose == 1
+                    or any(builder.num_batches(s) is None for s in splits)
+                    or batches * self._run.train.epochs < AUTO_MIN_STEPS):
+                return 1
+            return max(1, batches)
+        if value > 1 and not is_parameter_server(self._strategy):
+            for s in splits:
+                if builder.num_batches(s) is None:
+                    builder.num_lists[s] = count_records(builder.data.split(s).files)
+        return value
 
     def _parameter_server_input(self):
         """``(x, steps_per_epoch)`` for ``model.fit`` under ParameterServerStrategy, which needs
