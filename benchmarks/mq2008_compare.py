@@ -15,7 +15,7 @@ without a relevant document skipped). Writes benchmarks/results/mq2008_compare.j
 the README shows. Open the runs with ``mlflow ui --backend-store-uri sqlite:///<workdir>/mlflow.db``.
 
 Usage: python benchmarks/mq2008_compare.py [--data ../shared/data/MQ2008] [--workdir DIR]
-       [--lightgbm-trials 30] [--only lightgbm_defaults lightgbm_tuned neural] [--neural-overrides k=v ...]
+       [--lightgbm-trials 24] [--only lightgbm_defaults lightgbm_tuned neural] [--neural-overrides k=v ...]
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", default=str(MQ2008))
     p.add_argument("--workdir", default=None, help="keep the MLflow and Optuna stores here (default: a temp dir)")
-    p.add_argument("--lightgbm-trials", type=int, default=30)
+    p.add_argument("--lightgbm-trials", type=int, default=24)
     p.add_argument("--only", nargs="+", default=["lightgbm_defaults", "lightgbm_tuned", "neural"],
                    choices=["lightgbm_defaults", "lightgbm_tuned", "neural"])
     p.add_argument("--neural-overrides", nargs="*", default=[], help="extra overrides for the neural run")
