@@ -127,10 +127,11 @@ def test_input_noise_in_training_only(tmp_path: Path, scorer_cfg):
     np.testing.assert_allclose(served[0], inference, rtol=1e-6, atol=1e-6)
 
 
-def test_without_input_noise_the_dnn_is_tf_rankings_own():
+def test_without_input_noise_or_fast_layers_the_dnn_is_tf_rankings_own():
     import tensorflow_ranking as tfr
 
-    assert type(build_scorer(DNNScorerConfig())) is tfr.keras.model.DNNScorer
+    assert type(build_scorer(DNNScorerConfig(fast_layers=False))) is tfr.keras.model.DNNScorer
+    assert isinstance(build_scorer(DNNScorerConfig()), tfr.keras.model.DNNScorer)  # the default: a subclass
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -80,7 +80,9 @@ def test_steps_per_execution_changes_no_weight(tmp_path):
 
 
 def test_a_diverging_run_stops_at_the_end_of_its_first_bad_epoch_before_validation(tmp_path):
-    run, cfg = compose_run(tmp_path, tiny(["optimizer=sgd", "optimizer.learning_rate=1e12", "train.epochs=3", *QUICK]))
+    # Keras's unfused batch norm overflows to NaN at this rate (the fused kernel stays finite).
+    run, cfg = compose_run(tmp_path, tiny(["optimizer=sgd", "optimizer.learning_rate=1e12", "train.epochs=3",
+                                           "scorer.fast_layers=false", *QUICK]))
     with pytest.raises(TrainingDiverged, match=r"^training diverged: loss is (nan|inf|-inf) at epoch 1 \(try a lower "
                                                r"optimizer\.learning_rate than 1000000000000\.0\)"):
         run_training(run, cfg, launch_dir=str(tmp_path), run_name="nan")

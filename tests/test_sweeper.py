@@ -131,10 +131,10 @@ def test_a_trial_built_to_be_pruned_is_pruned(tmp_path):
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
-    # A huge learning rate diverges to NaN: that trial FAILs, the other completes.
+    # A huge learning rate diverges to NaN (in Keras's unfused batch norm): that trial FAILs, the other completes.
     r = sweep(tmp_path, {"optimizer.learning_rate": "choice(0.01, 1e12)"}, "hydra.sweeper.n_trials=2",
               "hydra.sweeper.sampler.kind=grid", "hydra.sweeper.pruner.kind=none", "hydra.sweeper.max_failure_rate=1.0",
-              "optimizer=sgd")
+              "optimizer=sgd", "scorer.fast_layers=false")
     assert r.returncode == 0, r.stderr[-3000:]
     by_lr = {t.params["optimizer.learning_rate"]: t for t in load(tmp_path).get_trials()}
     assert by_lr[0.01].state.name == "COMPLETE" and by_lr[1e12].state.name == "FAIL"

@@ -140,10 +140,12 @@ def test_every_optimizer_and_schedule_builds_with_the_configured_rates():
     from ranking_exp.config import OptimizerConfig, ScheduleConfig
     from ranking_exp.train.optimizer import build_optimizer, learning_rate
 
-    classes = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad, "sgd": tf.keras.optimizers.SGD}
-    for name, cls in classes.items():
-        assert isinstance(build_optimizer(OptimizerConfig(name=name, momentum=0.9)), cls)
-    assert build_optimizer(OptimizerConfig(name="sgd", momentum=0.9)).momentum == pytest.approx(0.9)
+    for fused, kinds in ((True, tf.keras.optimizers.legacy), (False, tf.keras.optimizers)):
+        classes = {"adam": kinds.Adam, "adagrad": kinds.Adagrad, "sgd": kinds.SGD}
+        for name, cls in classes.items():
+            assert isinstance(build_optimizer(OptimizerConfig(name=name, momentum=0.9, fused=fused)), cls)
+        opt = build_optimizer(OptimizerConfig(name="sgd", momentum=0.9, fused=fused))
+        assert float(tf.keras.backend.get_value(opt.momentum)) == pytest.approx(0.9)
 
     def lr_at(kind, step, **kw):
         lr = learning_rate(0.1, ScheduleConfig(kind=kind, decay_steps=100, **kw))

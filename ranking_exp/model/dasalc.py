@@ -16,6 +16,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_ranking as tfr
 
+from ranking_exp.model.fast_layers import FusedBatchNormalization, swap_fast_layers
 from ranking_exp.model.packing import PackList, UnpackList
 
 
@@ -27,10 +28,12 @@ def feature_vector(context_features: dict, example_features: dict) -> tf.Tensor:
     return tf.keras.layers.Concatenate(axis=1)(columns) if len(columns) > 1 else columns[0]
 
 
-def input_block(x: tf.Tensor, input_batch_norm: bool, batch_norm_moment: float, input_noise: float) -> tf.Tensor:
+def input_block(x: tf.Tensor, input_batch_norm: bool, batch_norm_moment: float, input_noise: float,
+                fast_layers: bool = False) -> tf.Tensor:
     """Input batch norm (where on), then Gaussian noise of stddev ``input_noise`` in training only."""
     if input_batch_norm:
-        x = tf.keras.layers.BatchNormalization(momentum=batch_norm_moment, name="input_batch_norm")(x)
+        bn = FusedBatchNormalization if fast_layers else tf.keras.layers.BatchNormalization
+        x = bn(momentum=batch_norm_moment, name="input_batch_norm")(x)
     if input_noise > 0:
         x = tf.keras.layers.GaussianNoise(input_noise, name="input_noise")(x)
     return x
@@ -81,7 +84,8 @@ class DASALCScorer(tfr.keras.model.Scorer):
     def __init__(self, hidden_layer_dims: list[int], activation=tf.nn.relu, use_batch_norm: bool = True,
                  input_batch_norm: bool = True, batch_norm_moment: float = 0.99, dropout: float = 0.2,
                  input_noise: float = 0.0, num_attention_layers: int = 2, num_heads: int = 2,
-                 head_size: int = 64, attention_dropout: float = 0.1):
+                 head_size: int = 64, attention_dropout: float = 0.1, fast_layers: bool = False):
+        self.fast_layers = fast_layers
         self.hidden_layer_dims = list(hidden_layer_dims)
         self.activation = activation
         self.use_batch_norm = use_batch_norm
@@ -105,12 +109,12 @@ class DASALCScorer(tfr.keras.model.Scorer):
             tower.add(tf.keras.layers.Activation(self.activation))
             if self.dropout:
                 tower.add(tf.keras.layers.Dropout(self.dropout))
-        return tower
+        return swap_fast_layers(tower) if self.fast_layers else tower
 
     def __call__(self, context_features, example_features, mask):
         context, example, indices = PackList(name="pack_list")((context_features, example_features, mask))
         x = input_block(feature_vector(context, example), self.input_batch_norm, self.batch_norm_moment,
-                        self.input_noise)  # [N, d]
+                        self.input_noise, self.fast_layers)  # [N, d]
         h = self._tower()(x)  # [N, width]
         attention = ListAttention(num_heads=self.num_heads, head_size=self.head_size,
                                   num_layers=self.num_attention_layers, dropout=self.attention_dropout,

@@ -8,6 +8,7 @@ from ranking_exp.config import (CustomScorerConfig, DASALCScorerConfig, DNNScore
                                 LinearScorerConfig)
 from ranking_exp.errors import ConfigError
 from ranking_exp.model.dasalc import DASALCScorer, feature_vector, input_block
+from ranking_exp.model.fast_layers import swap_fast_layers
 from ranking_exp.plugins import load_callable
 
 
@@ -29,27 +30,30 @@ def _activation(name: str):
     return tf.nn.leaky_relu if name == "leaky_relu" else tf.keras.activations.get(name)
 
 
-class NoisyDNNScorer(tfr.keras.model.DNNScorer):
-    """TF Ranking's DNNScorer with Gaussian noise on its input (after the input batch norm), in
-    training only: DASALC's data augmentation."""
+class DNNScorer(tfr.keras.model.DNNScorer):
+    """TF Ranking's DNNScorer, optionally with Gaussian noise on its input (after the input batch
+    norm) in training only (DASALC's data augmentation), and with the tower's dropout and batch
+    norm on cheaper kernels (``fast_layers.py``)."""
 
-    def __init__(self, input_noise: float, **dnn_kwargs):
+    def __init__(self, input_noise: float = 0.0, fast_layers: bool = False, **dnn_kwargs):
         super().__init__(**dnn_kwargs)
         self._input_noise = input_noise
+        self._fast_layers = fast_layers
 
     def _score_flattened(self, context_features, example_features):
         kwargs = dict(self._dnn_kwargs)
         x = input_block(feature_vector(context_features, example_features), kwargs.pop("input_batch_norm", False),
-                        kwargs.get("batch_norm_moment", 0.999), self._input_noise)
-        return tfr.keras.layers.create_tower(input_batch_norm=False, **kwargs)(x)
+                        kwargs.get("batch_norm_moment", 0.999), self._input_noise, self._fast_layers)
+        tower = tfr.keras.layers.create_tower(input_batch_norm=False, **kwargs)
+        return (swap_fast_layers(tower) if self._fast_layers else tower)(x)
 
 
 def _dnn(c: DNNScorerConfig):
     kwargs = dict(hidden_layer_dims=list(c.hidden_layer_dims), output_units=1, activation=_activation(c.activation),
                   input_batch_norm=c.input_batch_norm, use_batch_norm=c.use_batch_norm,
                   batch_norm_moment=c.batch_norm_moment, dropout=c.dropout)
-    if c.input_noise > 0:
-        return NoisyDNNScorer(c.input_noise, **kwargs)
+    if c.input_noise > 0 or c.fast_layers:
+        return DNNScorer(input_noise=c.input_noise, fast_layers=c.fast_layers, **kwargs)
     return tfr.keras.model.DNNScorer(**kwargs)  # exactly TF Ranking's
 
 
@@ -67,7 +71,7 @@ def _dasalc(c: DASALCScorerConfig):
         use_batch_norm=c.use_batch_norm, input_batch_norm=c.input_batch_norm,
         batch_norm_moment=c.batch_norm_moment, dropout=c.dropout, input_noise=c.input_noise,
         num_attention_layers=c.num_attention_layers, num_heads=c.num_heads, head_size=c.head_size,
-        attention_dropout=c.attention_dropout)
+        attention_dropout=c.attention_dropout, fast_layers=c.fast_layers)
 
 
 def _linear(c: LinearScorerConfig):

@@ -36,12 +36,23 @@ def learning_rate(lr: float, s: ScheduleConfig):
     return LinearWarmup(lr, s.warmup_steps, sched.CosineDecay(lr, s.decay_steps, alpha=s.alpha))
 
 
-def build_optimizer(cfg: OptimizerConfig) -> tf.keras.optimizers.Optimizer:
+def build_optimizer(cfg: OptimizerConfig):
+    """The configured Keras optimizer: a ``tf.keras.optimizers.legacy`` one (fused per-variable
+    update kernels) when ``optimizer.fused``, else the new ``tf.keras.optimizers`` one."""
     lr = learning_rate(cfg.learning_rate, cfg.schedule)
     common = {"learning_rate": lr, "clipnorm": cfg.clipnorm}
+    kinds = tf.keras.optimizers.legacy if cfg.fused else tf.keras.optimizers
     if cfg.name == "adam":
-        return tf.keras.optimizers.Adam(beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon, **common)
+        return kinds.Adam(beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon, **common)
     if cfg.name == "adagrad":
-        return tf.keras.optimizers.Adagrad(initial_accumulator_value=cfg.initial_accumulator_value,
-                                           epsilon=cfg.epsilon, **common)
-    return tf.keras.optimizers.SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+        return kinds.Adagrad(initial_accumulator_value=cfg.initial_accumulator_value, epsilon=cfg.epsilon, **common)
+    return kinds.SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+
+
+def build_slots(optimizer, variables) -> None:
+    """The optimizer's slot variables now, as its first step would make them: a first call that
+    creates variables makes ``tf.function`` trace the whole training step twice."""
+    if isinstance(optimizer, tf.keras.optimizers.Optimizer):
+        optimizer.build(variables)
+    elif isinstance(optimizer, tf.keras.optimizers.legacy.Optimizer):
+        optimizer._create_all_weights(variables)  # what its apply_gradients does on first use

@@ -25,7 +25,7 @@ from ranking_exp.errors import ConfigError, DataError
 from ranking_exp.metrics import build_metrics
 from ranking_exp.model.packing import PackedScorer
 from ranking_exp.train.callbacks import BestWeights, EpochsRun, StopOnNaN, Throughput, build_callbacks
-from ranking_exp.train.optimizer import build_optimizer
+from ranking_exp.train.optimizer import build_optimizer, build_slots
 from ranking_exp.train.resume import ResumeDir, make_state_callback
 from ranking_exp.train.strategy import is_parameter_server, num_workers
 
@@ -176,10 +176,7 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
                 **({"pss_evaluation_shards": num_workers(strategy)} if is_parameter_server(strategy) else {}))
             if not self._run.metrics.on_train:
                 model.train_step = types.MethodType(train_step_loss_only, model)
-            if isinstance(model.optimizer, tf.keras.optimizers.Optimizer):
-                # The optimizer's slots now, as its first step would make them: a first call that
-                # creates variables makes tf.function trace the whole training step twice.
-                model.optimizer.build(model.trainable_variables)
+            build_slots(model.optimizer, model.trainable_variables)
             if is_parameter_server(strategy):
                 if not model.compiled_metrics.built:
                     # Exact evaluation reads the compiled metrics before any step has built them
