@@ -119,3 +119,41 @@ def test_runs_with_either_kernels_train_alike(tmp_path):
         assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
         results[fast] = result.metrics["test_ndcg_10"]
     assert abs(results[True] - results[False]) < 0.1
+
+
+def test_grouped_preprocessing_equals_one_function_per_feature():
+    from ranking_exp.config import FeatureOverride, FeatureTransform, PreprocessConfig
+    from ranking_exp.data.spec import Feature, FeatureSpec
+    from ranking_exp.model.preprocess import (GroupedPreprocessor, build_preprocessor, feature_fn,
+                                              fit_standardization, transforms_by_feature)
+
+    spec = FeatureSpec(context=(Feature("q1"), Feature("q2"), Feature("qv", shape=(3,))),
+                       example=tuple(Feature(f"f{i}") for i in range(6)) + (Feature("count", dtype="int64"),))
+    cfg = PreprocessConfig(default=FeatureTransform(log1p=True), features=[
+        FeatureOverride(name="f2", log1p=True, standardize=True, clip_min=-1.0, clip_max=1.5),
+        FeatureOverride(name="f3", log1p=True, standardize=True, clip_min=-1.0, clip_max=1.5),
+        FeatureOverride(name="f4", log1p=False, standardize=True)])
+    rng = np.random.default_rng(0)
+    mask = tf.constant(rng.random((4, 9)) < 0.8)
+    context = {"q1": rng.normal(size=(4, 1)) * 9, "q2": rng.normal(size=(4, 1)) * 9, "qv": rng.normal(size=(4, 3))}
+    example = {f"f{i}": rng.lognormal(size=(4, 9, 1)) * (i + 1) * np.sign(rng.normal(size=(4, 9, 1)))
+               for i in range(6)}
+    example["count"] = rng.integers(0, 50, size=(4, 9, 1))
+    context = {k: tf.constant(v, tf.float32) for k, v in context.items()}
+    example = {k: tf.constant(v, tf.int64 if k == "count" else tf.float32) for k, v in example.items()}
+    batches = [({**context, **example, spec.mask_name: mask}, None)]
+
+    grouped = build_preprocessor(cfg, spec, lambda: batches)
+    assert isinstance(grouped, GroupedPreprocessor)
+    assert sorted(sorted(names) for names, _ in grouped._groups) == [
+        ["f0", "f1", "f5"], ["f2", "f3"], ["q1", "q2"]]  # f4, qv (shape 3) and count (int) alone
+    transforms = transforms_by_feature(cfg, spec)
+    stats = fit_standardization(batches, spec, transforms)
+    reference = tfr.keras.model.PreprocessorWithSpec({n: feature_fn(t, stats.get(n)) for n, t in transforms.items()})
+    got_context, got_example = grouped(context, example, mask)
+    want_context, want_example = reference(context, example, mask)
+    for want, got in ((want_context, got_context), (want_example, got_example)):
+        assert set(got) == set(want)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
+    assert float(tf.reduce_max(got_example["f2"])) <= 1.5  # the clip applied in the group

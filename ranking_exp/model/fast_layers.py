@@ -44,7 +44,9 @@ class ByteDropout(tf.keras.layers.Dropout):
         words = tf.random.stateless_uniform([(n + 3) // 4], seed=seed, minval=None, maxval=None, dtype=tf.uint32)
         bits = tf.reshape(tf.bitcast(words, tf.uint8), [-1])[:n]
         keep = tf.reshape(bits, tf.shape(inputs)) >= tf.constant(self.threshold, tf.uint8)
-        return tf.where(keep, inputs * tf.cast(self.keep_scale, inputs.dtype), tf.zeros_like(inputs))
+        # One multiply forward and one backward (a select would add a select and zeros backward).
+        scale = tf.where(keep, tf.constant(self.keep_scale, inputs.dtype), tf.constant(0.0, inputs.dtype))
+        return inputs * tf.stop_gradient(scale)
 
     def call(self, inputs, training=None):
         if self.threshold == 0:

@@ -87,9 +87,48 @@ def feature_fn(t: FeatureTransform, stats: tuple[np.ndarray, np.ndarray] | None)
     return apply
 
 
+class GroupedPreprocessor(tfr.keras.model.PreprocessorWithSpec):
+    """TF Ranking's ``PreprocessorWithSpec`` that applies one transform to a group of scalar
+    features at once: concatenated, transformed, split back. The same values as one function per
+    feature, in three ops instead of a few per feature (MQ2008's 46 log1p's were ~7% of a step)."""
+
+    def __init__(self, groups: list[tuple[list[str], Callable[[tf.Tensor], tf.Tensor]]], **kwargs):
+        super().__init__(**kwargs)
+        self._groups = groups
+
+    def __call__(self, context_inputs, example_inputs, mask):
+        context_inputs, example_inputs = dict(context_inputs), dict(example_inputs)
+        for names, fn in self._groups:
+            inputs = context_inputs if names[0] in context_inputs else example_inputs
+            x = tf.concat([tf.cast(inputs[n], tf.float32) for n in names], axis=-1)
+            for n, part in zip(names, tf.split(fn(x), len(names), axis=-1)):
+                inputs[n] = part
+        return super().__call__(context_inputs, example_inputs, mask)
+
+
+def _groups(transforms: dict[str, FeatureTransform], stats: dict, spec: FeatureSpec):
+    """Scalar features with the same transform, context and example apart (2+ per group)."""
+    groups: dict[tuple, tuple[FeatureTransform, list[str]]] = {}
+    for part in (spec.context, spec.example):
+        for f in part:
+            if f.shape == (1,) and f.dtype == "float32":
+                t = transforms[f.name]
+                key = (part is spec.context, t.log1p, t.standardize, t.clip_min, t.clip_max)
+                groups.setdefault(key, (t, []))[1].append(f.name)
+    out = []
+    for t, names in groups.values():
+        if len(names) < 2:
+            continue
+        merged = (np.concatenate([stats[n][0] for n in names]), np.concatenate([stats[n][1] for n in names])) \
+            if t.standardize else None
+        out.append((names, feature_fn(t, merged)))
+    return out
+
+
 def build_preprocessor(cfg: PreprocessConfig, spec: FeatureSpec,
                        train_batches: Callable[[], Iterable]) -> tfr.keras.model.Preprocessor:
-    """A ``PreprocessorWithSpec`` with one function per feature, or the user's own."""
+    """TF Ranking's ``PreprocessorWithSpec`` (one function per feature; alike scalar features
+    transformed together), or the user's own."""
     if cfg.custom is not None:
         factory = load_callable(cfg.custom, "preprocess.custom")
         pre = factory(feature_spec=spec, **cfg.custom_kwargs)
@@ -99,5 +138,7 @@ def build_preprocessor(cfg: PreprocessConfig, spec: FeatureSpec,
     transforms = transforms_by_feature(cfg, spec)
     stats = fit_standardization(train_batches(), spec, transforms) if any(
         t.standardize for t in transforms.values()) else {}
-    return tfr.keras.model.PreprocessorWithSpec(
-        {name: feature_fn(t, stats.get(name)) for name, t in transforms.items()})
+    groups = _groups(transforms, stats, spec)
+    grouped = {n for names, _ in groups for n in names}
+    return GroupedPreprocessor(groups, preprocess_spec={
+        name: feature_fn(t, stats.get(name)) for name, t in transforms.items() if name not in grouped})
