@@ -152,3 +152,19 @@ def test_stacked_cached_lists_carry_every_feature_under_its_own_name(tmp_path):
     assert set(cached.element_spec[0]) == set(parsed.element_spec[0])
     mask = data.spec.mask_name
     assert _lists_by_content(cached, names, mask) == _lists_by_content(parsed, names, mask)
+
+
+def test_one_repeating_iterator_gives_each_epoch_the_batches_a_fresh_one_would(tmp_path):
+    """The pipeline trains over ``build_train_dataset().repeat()`` (one iterator for the run) with
+    steps_per_epoch = its batches: epoch k must get the same (reshuffled) batches as the k-th
+    fresh pass Keras would otherwise start, the partial last batch included."""
+    pipeline, _ = _pipeline(tmp_path, ["dataset.num_train=70", "train.batch_size=16"])
+    builder = pipeline._dataset_builder
+    n = builder.num_batches("train")
+    assert n == 5
+    dataset = builder.build_train_dataset()
+    fresh = [b[1].numpy() for _ in range(3) for b in dataset]
+    repeated = [b[1].numpy() for b in builder.build_train_dataset().repeat().take(3 * n)]
+    assert len(fresh) == len(repeated) == 15
+    assert all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(fresh, repeated))
+    assert not np.array_equal(fresh[0], fresh[n])  # reshuffled between epochs

@@ -189,6 +189,12 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
             else:
                 train_dataset = self._dataset_builder.build_train_dataset()
                 steps_per_epoch = self._hparams.steps_per_epoch
+                batches = self._dataset_builder.num_batches("train")
+                if steps_per_epoch is None and batches and strategy is None:
+                    # One iterator for the whole run: Keras would start a new one every epoch
+                    # (refilling the shuffle buffer and the prefetch while the step waits), ~10%
+                    # of a 15-step MQ2008 epoch. The same batches, epoch by epoch.
+                    train_dataset, steps_per_epoch = train_dataset.repeat(), batches
             valid_dataset = self._dataset_builder.build_valid_dataset()
             model.fit(x=train_dataset, epochs=self._hparams.num_epochs, steps_per_epoch=steps_per_epoch,
                       validation_steps=self._hparams.validation_steps, validation_data=valid_dataset,
