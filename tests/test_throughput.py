@@ -172,6 +172,7 @@ def test_throughput_benchmark_smoke_run_writes_its_results(tmp_path):
     for path in ("recipe", "ranking_exp"):
         assert d[path]["docs_per_sec"]["steady"] > 0
         assert 0.0 <= d[path]["val"]["ndcg_10"] <= 1.0
+        assert 0.0 <= d[path]["val_ndcg_10_mean"] <= 1.0 and len(d[path]["val_ndcg_10_all_repeats"]) == d["repeats"]
         assert len(d[path]["epoch_seconds"]) == 2
     assert d["ratio_steady"] > 0 and math.isfinite(d["ratio_steady"])
     conversion = results["conversion"]
