@@ -14,6 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from ranking_exp.shared_db import open_shared
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,11 @@ def sweep(tmp_path: Path, params: dict[str, str], *extra: str, timeout: int = 90
 
 
 def load(tmp_path: Path, name: str = "tiny") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    # Opened while the sweep may still be creating the schema (the kill-and-resume test polls it), so
+    # through the same back-off the sweeper's workers use.
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = open_shared(lambda: optuna.storages.RDBStorage(url), "test reader", url=url)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def states(study) -> list[str]:

@@ -167,7 +167,7 @@ class RankingOptunaSweeper(Sweeper):
                 retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=conf.max_retry)
                 storage = open_shared(lambda: optuna.storages.RDBStorage(
                     storage_url, heartbeat_interval=conf.heartbeat_interval, grace_period=conf.grace_period,
-                    heartbeat_stale_trial_callback=retry), f"Optuna storage {storage_url}")
+                    heartbeat_stale_trial_callback=retry), f"Optuna storage {storage_url}", url=storage_url)
             name = self.study_name()
             study = optuna.create_study(
                 study_name=name, storage=storage, sampler=make_sampler(conf.sampler, distributions),

@@ -57,7 +57,7 @@ class Tracker:
         self.experiment = experiment
         mlflow.set_tracking_uri(self.uri)
         # Opening a fresh database store creates its schema; sweep workers may do that together.
-        self.client = open_shared(lambda: MlflowClient(self.uri), f"MLflow store {self.uri}")
+        self.client = open_shared(lambda: MlflowClient(self.uri), f"MLflow store {self.uri}", url=self.uri)
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self._create_experiment(launch_dir)
         self.run_id: str | None = None
