@@ -111,5 +111,5 @@ def test_experiment_configs_compose_on_any_fold(tmp_path, name):
     run, _ = compose_run(tmp_path, [f"+experiment={name}", "dataset.path=/data/MQ2008/Fold3"])
     assert run.dataset.path == "/data/MQ2008/Fold3"
     if name == "mq2008_best":
-        assert (run.scorer.kind, run.loss.key, run.train.batch_size) == ("dnn", "softmax_loss", 16)
+        assert (run.scorer.kind, run.loss.key, run.train.batch_size) == ("dasalc", "softmax_loss", 16)
         assert run.ensemble.seeds == 5
