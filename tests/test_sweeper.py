@@ -247,7 +247,9 @@ def test_shipped_sweeps_pass_their_checks(tmp_path):
     from ranking_exp.config import register_configs
 
     register_configs()
-    for name in ("dnn_softmax", "losses", "lightgbm_mq2008", "mq2008_dnn"):
+    names = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "sweeps").glob("*.yaml"))
+    assert {"dnn_softmax", "losses", "lightgbm_mq2008", "mq2008_dnn", "mq2008_scorer"} <= set(names)
+    for name in names:
         with initialize_config_module("ranking_exp.conf", version_base="1.3"):
             cfg = compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
         assert cfg.hydra.sweeper._target_.endswith("RankingOptunaSweeper")
