@@ -430,7 +430,7 @@ def print_table(results: dict) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", nargs="+", default=["mq2008", "mslr"], choices=["mq2008", "mslr"])
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=10, help="epochs of each path (default: train.epochs's default)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each path, alternated; the fastest counts")
     p.add_argument("--mslr-queries", type=int, nargs=3, default=[500, 100, 50], metavar=("TRAIN", "VALI", "TEST"))
     p.add_argument("--convert-mb", type=int, default=1024, help="size of the conversion test file (MB)")

@@ -652,9 +652,10 @@ class TrainConfig:
     # it when the data take under a quarter of the machine's memory; none re-parses every epoch.
     cache: str = "auto"
     # Training steps per call into TensorFlow (Keras' compile(steps_per_execution)): auto runs a
-    # whole epoch per call in runs of 2,000+ steps when the lists are counted, with no strategy,
-    # no callback that needs every batch and no progress bar (else 1: the loops take seconds to
-    # build); an int N > 0 sets it (batch callbacks then see every Nth batch).
+    # whole epoch per call in runs of 100+ steps when the lists are counted, with no strategy,
+    # no callback that needs every batch and no progress bar (else 1: the loop costs ~0.3 s to
+    # build); an int N > 0 sets it (batch callbacks then see every Nth batch). Validation and
+    # prediction run one batch per call either way.
     steps_per_execution: Any = "auto"
     verbose: int = 2
     deterministic: bool = True

@@ -67,6 +67,39 @@ def test_auto_runs_whole_epochs_per_execution_in_long_runs_only(tmp_path):
     assert pipeline.steps_per_execution(pipeline.build_callbacks()) == 3
 
 
+def test_several_steps_per_call_loop_in_training_only(tmp_path):
+    """Training runs 3 batches per call into TensorFlow; validation and prediction one batch per
+    call (their in-graph loop would only cost build time), and every validation batch is seen."""
+
+    class Calls(tf.keras.callbacks.Callback):  # Keras calls batch hooks once per execution
+        def __init__(self):
+            super().__init__()
+            self.train = self.test = self.predict = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.train += 1
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.test += 1
+
+        def on_predict_batch_end(self, batch, logs=None):
+            self.predict += 1
+
+    calls = Calls()
+    pipeline, data = _pipeline(tmp_path, ["train.steps_per_execution=3", "train.batch_size=16", "train.epochs=2",
+                                          "train.eval_batch_size=8", *QUICK], [calls])
+    pipeline.train_and_validate()
+    train_batches = math.ceil(data.split("train").num_lists / 16)
+    vali_batches = math.ceil(data.split("vali").num_lists / 8)
+    assert train_batches > 3 and vali_batches > 1
+    assert calls.train == 2 * math.ceil(train_batches / 3)
+    assert calls.test == 2 * vali_batches
+    assert int(pipeline.model._steps_per_execution.numpy()) == 3  # restored after validation
+    valid = pipeline._dataset_builder.build_valid_dataset()
+    pipeline.model.predict(valid.map(lambda x, y: x), callbacks=[calls], verbose=0)
+    assert calls.predict == vali_batches
+
+
 def test_steps_per_execution_changes_no_weight(tmp_path):
     """One step per call or several (8 batches an epoch: 3 + 3 + 2): the same updates, the same model."""
     results = {}

@@ -32,10 +32,10 @@ from ranking_exp.train.strategy import is_parameter_server, num_workers
 log = logging.getLogger(__name__)
 
 # train.steps_per_execution=auto runs whole epochs per execution from this many training steps
-# in a run: on 2 cores (MQ2008, DNN 1024-512-256) the multi-step loops cost 3-5 s more per run
-# (tracing and optimizing them for training and evaluation; ~0.6 s of it in the first epoch)
-# and save ~3-4 ms of ~60 ms per step, so they pay from roughly 1,000 steps.
-AUTO_MIN_STEPS = 2000
+# in a run. On 2 cores (MQ2008, DNN 1024-512-256, ~30 ms steps) the training loop's graph costs
+# ~0.3 s more to build, once, and saves ~3.5 ms a step (paired epochs: -14%), so it pays from
+# ~80 steps. (Validation and prediction keep one batch per call: one_step_per_call.)
+AUTO_MIN_STEPS = 100
 
 LAST_EXPORT = "export/latest_model"  # TF Ranking's names for the two exports
 BEST_EXPORT = "export/best_model_by_metric"
@@ -74,6 +74,24 @@ def train_step_loss_only(self: tf.keras.Model, data):
         loss = self.compute_loss(x, y, y_pred, sample_weight)
     self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
     return {m.name: m.result() for m in self.compiled_loss.metrics}
+
+
+def one_step_per_call(method):
+    """``Model.evaluate``/``predict`` run one batch per call into TensorFlow whatever the
+    training's ``steps_per_execution``: Keras would give them the training's in-graph loop, whose
+    graph (the model plus every ranking metric) takes ~2 s to build, to save a few ms on each of a
+    handful of validation batches. The training loop stays as compiled."""
+
+    def call(self: tf.keras.Model, *args, **kwargs):
+        steps = self._steps_per_execution
+        n = int(steps.numpy())
+        steps.assign(1)  # read by Keras when it makes the test/predict function and per call
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            steps.assign(n)
+
+    return call
 
 
 class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
@@ -176,6 +194,9 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
                 **({"pss_evaluation_shards": num_workers(strategy)} if is_parameter_server(strategy) else {}))
             if not self._run.metrics.on_train:
                 model.train_step = types.MethodType(train_step_loss_only, model)
+            if steps_per_execution > 1 and not is_parameter_server(strategy):
+                for name in ("evaluate", "predict"):
+                    setattr(model, name, types.MethodType(one_step_per_call(getattr(type(model), name)), model))
             build_slots(model.optimizer, model.trainable_variables)
             if is_parameter_server(strategy):
                 if not model.compiled_metrics.built:
