@@ -113,3 +113,7 @@ def test_experiment_configs_compose_on_any_fold(tmp_path, name):
     if name == "mq2008_best":
         assert (run.scorer.kind, run.loss.key, run.train.batch_size) == ("dasalc", "softmax_loss", 16)
         assert run.ensemble.seeds == 5
+        assert run.scorer.num_attention_layers == 1
+        # The cosine decays over the whole run: 12 epochs of ceil(471 MQ2008 training lists / 16).
+        assert (run.optimizer.schedule.kind, run.optimizer.schedule.decay_steps) == ("cosine", 360)
+        assert run.optimizer.schedule.decay_steps == run.train.epochs * -(-471 // run.train.batch_size)
