@@ -29,7 +29,7 @@ Data sets: MQ2008 Fold1 (``../shared/data``) and a synthetic LETOR set shaped li
 proportions). A third part converts a ~1 GB LETOR text file to ELWC shards and reports peak
 memory and speed next to ``sklearn.datasets.load_svmlight_file`` on the same file.
 
-    python benchmarks/throughput.py                   # everything (~15-20 min on 2 cores)
+    python benchmarks/throughput.py                   # everything, 10 epochs (~25-30 min on 2 cores)
     python benchmarks/throughput.py --data mq2008 --no-convert
     python benchmarks/throughput.py --smoke           # seconds-scale run of every part (the tests)
 
