@@ -179,3 +179,26 @@ def test_throughput_benchmark_smoke_run_writes_its_results(tmp_path):
     for k in ("ranking_exp", "sklearn_load_svmlight_file"):
         assert conversion[k]["peak_rss_mb"] > 0 and conversion[k]["mb_per_sec"] > 0
     assert "ratio" in proc.stdout and "FLOP bound" in proc.stdout
+    assert set(d["goals_met"]) == {"ratio", "flop_bound", "val_ndcg"} and "goals (issue 6)" in proc.stdout
+
+
+def _throughput_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("throughput_bench", REPO / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ndcg_comparison_tells_noise_from_a_real_difference():
+    compare = _throughput_module().compare_ndcg
+    recipe = [0.70, 0.72, 0.69, 0.71]
+    assert compare(recipe, [0.71, 0.73, 0.70, 0.72])["verdict"] == "better"
+    # 0.005 below, with seeds spread by ~0.013: not significantly worse
+    close = compare(recipe, [0.695, 0.715, 0.685, 0.705])
+    assert close["verdict"] == "equal within noise" and close["diff"] == pytest.approx(-0.005)
+    assert close["stderr"] == pytest.approx(math.sqrt(2 * np.var(recipe, ddof=1) / 4))
+    # 0.03 below with the same spread: worse
+    assert compare(recipe, [0.67, 0.69, 0.66, 0.68])["verdict"] == "worse"
+    assert compare([0.70], [0.69])["verdict"] == "unknown"
