@@ -14,8 +14,14 @@ validation set. Metrics use the standard convention (gain 2^label - 1, discount 
 without a relevant document skipped). Writes benchmarks/results/mq2008_compare.json and prints the table
 the README shows. Open the runs with ``mlflow ui --backend-store-uri sqlite:///<workdir>/mlflow.db``.
 
+With ``--refit``, every ranker, once chosen on vali, trains again on train + vali
+(``train.splits=[train,vali]``: the neural run keeps its epochs and exports its last one, LightGBM keeps
+the number of trees early stopping found on vali, the tuned one the sweep's best parameters); those rows
+get a ``_refit`` suffix beside the others.
+
 Usage: python benchmarks/mq2008_compare.py [--data ../shared/data/MQ2008] [--workdir DIR]
        [--lightgbm-trials 24] [--only lightgbm_defaults lightgbm_tuned neural] [--neural-overrides k=v ...]
+       [--refit]
 """
 from __future__ import annotations
 
@@ -64,23 +70,40 @@ def cross_validate(work: Path, data: Path, overrides: list[str]) -> dict:
                       for name, f in cv["folds"].items()}}
 
 
-def lightgbm_tuned(work: Path, data: Path, trials: int) -> dict:
+REFIT = "train.splits=[train,vali]"
+
+
+def lightgbm_tuned(work: Path, data: Path, trials: int, refit: bool = False) -> dict:
+    """Per fold: the sweep chooses on vali; with ``refit`` the chosen parameters are then trained
+    again on train + vali (the number of trees still found by early stopping on vali)."""
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     folds, wall = {}, 0.0
     for fold in FOLDS:
         study_name = f"lightgbm_mq2008_{fold.lower()}"
-        wall += _run(["-m", "+sweep=lightgbm_mq2008", f"dataset.path={data / fold}",
-                      f"hydra.sweeper.study_name={study_name}", f"hydra.sweeper.n_trials={trials}",
-                      "train.threads=1", "tracking.log_model=false", "hydra.sweeper.register_model=false",
-                      *COMMON], work)
-        best = optuna.load_study(study_name=study_name, storage=f"sqlite:///{work / 'optuna.db'}").best_trial
-        run = client.get_run(best.user_attrs["mlflow_run_id"])
+        storage = f"sqlite:///{work / 'optuna.db'}"
+        if study_name not in optuna.study.get_all_study_names(storage=storage):  # a rerun reuses the sweep
+            wall += _run(["-m", "+sweep=lightgbm_mq2008", f"dataset.path={data / fold}",
+                          f"hydra.sweeper.study_name={study_name}", f"hydra.sweeper.n_trials={trials}",
+                          "train.threads=1", "tracking.log_model=false", "hydra.sweeper.register_model=false",
+                          *COMMON], work)
+        best = optuna.load_study(study_name=study_name, storage=storage).best_trial
+        run_id = best.user_attrs["mlflow_run_id"]
+        if refit:
+            since = time.time()
+            wall += _run(["scorer=lightgbm", "scorer.subsample_freq=1", *(f"{k}={v}" for k, v in best.params.items()),
+                          "dataset=letor", f"dataset.path={data / fold}", REFIT, "train.threads=1",
+                          "tracking.log_model=false", *COMMON], work)
+            found = [p for p in work.glob("outputs/*/*/results.json") if p.stat().st_mtime >= since]
+            run_id = json.loads(max(found, key=lambda p: p.stat().st_mtime).read_text())["run_id"]
+        run = client.get_run(run_id)
         folds[fold] = {"test": {m: run.data.metrics[f"test_{m}"] for m in METRICS},
                        "vali": {m: run.data.metrics.get(f"best_val_{m}") for m in METRICS},
                        "best_trial": best.number, "best_params": best.params}
-    return {"command": f"python -m ranking_exp -m +sweep=lightgbm_mq2008 dataset.path=<MQ2008>/FoldN "
-                       f"hydra.sweeper.study_name=lightgbm_mq2008_foldN hydra.sweeper.n_trials={trials} train.threads=1",
-            "wall_seconds": round(wall, 1), "trials_per_fold": trials, "folds": folds}
+    command = (f"python -m ranking_exp -m +sweep=lightgbm_mq2008 dataset.path=<MQ2008>/FoldN "
+               f"hydra.sweeper.study_name=lightgbm_mq2008_foldN hydra.sweeper.n_trials={trials} train.threads=1")
+    if refit:
+        command += f"; then the best trial's parameters with {REFIT}"
+    return {"command": command, "wall_seconds": round(wall, 1), "trials_per_fold": trials, "folds": folds}
 
 
 def with_means(result: dict) -> dict:
@@ -98,6 +121,8 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=["lightgbm_defaults", "lightgbm_tuned", "neural"],
                    choices=["lightgbm_defaults", "lightgbm_tuned", "neural"])
     p.add_argument("--neural-overrides", nargs="*", default=[], help="extra overrides for the neural run")
+    p.add_argument("--refit", action="store_true",
+                   help=f"every ranker, once chosen on vali, trains again on train + vali ({REFIT}); rows get a _refit suffix")
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args()
     data = Path(a.data).resolve()
@@ -109,17 +134,19 @@ def main() -> None:
         work = Path(a.workdir or scratch).resolve()
         work.mkdir(parents=True, exist_ok=True)
         results = dict(previous)  # --only reruns some rows and keeps the others
+        refit = [REFIT] if a.refit else []
         for name in a.only:
+            row = name + ("_refit" if a.refit else "")
             if name == "lightgbm_defaults":
-                results[name] = with_means(cross_validate(work, data, ["scorer=lightgbm", "train.threads=1",
-                                                                       "tracking.log_model=false"]))
+                results[row] = with_means(cross_validate(work, data, ["scorer=lightgbm", "train.threads=1",
+                                                                      "tracking.log_model=false", *refit]))
             elif name == "lightgbm_tuned":
-                results[name] = with_means(lightgbm_tuned(work, data, a.lightgbm_trials))
+                results[row] = with_means(lightgbm_tuned(work, data, a.lightgbm_trials, refit=a.refit))
             else:
-                results[name] = with_means(cross_validate(work, data, ["+experiment=mq2008_best",
-                                                                       *a.neural_overrides]))
-            r = results[name]
-            print(f"{name}: test NDCG@10 {r['test_mean']['ndcg_10']:.4f}, NDCG@5 {r['test_mean']['ndcg_5']:.4f} "
+                results[row] = with_means(cross_validate(work, data, ["+experiment=mq2008_best", *refit,
+                                                                      *a.neural_overrides]))
+            r = results[row]
+            print(f"{row}: test NDCG@10 {r['test_mean']['ndcg_10']:.4f}, NDCG@5 {r['test_mean']['ndcg_5']:.4f} "
                   f"({r['wall_seconds']:.0f} s)", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"data": str(data), "convention": "standard", "results": results}, indent=2) + "\n")

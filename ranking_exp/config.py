@@ -347,7 +347,9 @@ class ScheduleConfig:
     """Learning-rate schedule over training steps (batches)."""
 
     kind: str = "constant"
-    decay_steps: int = 1000
+    # Steps to decay over; auto: the whole run (train.epochs x batches per epoch, less the warm-up),
+    # so the schedule keeps its shape when the epochs, the batch size or the data change.
+    decay_steps: Any = 1000
     decay_rate: float = 0.9
     alpha: float = 0.0
     warmup_steps: int = 0
@@ -355,7 +357,9 @@ class ScheduleConfig:
 
     def __post_init__(self):
         _check(self.kind in SCHEDULES, "optimizer.schedule.kind", f"{self.kind!r} not in {SCHEDULES}")
-        _check(self.decay_steps > 0, "optimizer.schedule.decay_steps", "must be > 0")
+        d = self.decay_steps
+        _check(d == "auto" or (isinstance(d, int) and not isinstance(d, bool) and d > 0),
+               "optimizer.schedule.decay_steps", f"must be auto or a whole number > 0 (got {d!r})")
         _check(0 < self.decay_rate <= 1, "optimizer.schedule.decay_rate", "must be in (0, 1]")
         _check(self.warmup_steps >= 0, "optimizer.schedule.warmup_steps", "must be >= 0")
 
@@ -668,9 +672,16 @@ class TrainConfig:
     # the composed config>, so "the same command" finds it although Hydra's run dir changes.
     resume: bool = True
     backup_dir: Optional[str] = None
+    # The splits whose lists train the model. [train, vali] refits a configuration already chosen
+    # on validation (scikit-learn's refit) on a third more data: nothing is chosen on vali any more
+    # (the last epoch is exported, LightGBM first finds its number of trees by early stopping on
+    # vali, then refits that many on both), and validation metrics become in-sample.
+    splits: list[str] = field(default_factory=lambda: ["train"])
 
     def __post_init__(self):
         _check(self.epochs > 0, "train.epochs", f"must be > 0 (got {self.epochs})")
+        _check(list(self.splits) in (["train"], ["train", "vali"]), "train.splits",
+               f"must be [train] or [train, vali] (got {list(self.splits)})")
         _check(self.batch_size > 0, "train.batch_size", "must be > 0")
         _check(self.eval_batch_size > 0, "train.eval_batch_size", "must be > 0")
         _check(self.list_size is None or self.list_size > 0, "train.list_size", "must be > 0 or null")
@@ -681,6 +692,11 @@ class TrainConfig:
                f"must be auto, memory or none (got {self.cache!r})")
         _check(self.verbose in (0, 1, 2), "train.verbose", "must be 0, 1 or 2")
         _check(self.threads is None or self.threads > 0, "train.threads", "must be > 0 or null")
+
+    @property
+    def refit(self) -> bool:
+        """Whether validation lists train the model too (``splits=[train, vali]``)."""
+        return "vali" in self.splits
 
 
 @dataclass
@@ -770,6 +786,11 @@ class RunConfig:
     output_dir: str = "${hydra:runtime.output_dir}"
 
     def __post_init__(self):
+        if self.train.refit:
+            for name in ("early_stopping", "reduce_lr"):
+                _check(not getattr(self.callbacks, name).enabled, f"callbacks.{name}",
+                       "watches the validation set, which train.splits=[train, vali] trains on: disable it")
+            self.export.best = False  # no epoch to choose by validation: the last one is the model
         if self.callbacks.reduce_lr.enabled and self.optimizer.schedule.kind != "constant":
             raise ConfigError("callbacks.reduce_lr: cannot be combined with optimizer.schedule "
                               f"'{self.optimizer.schedule.kind}' (both set the learning rate)")

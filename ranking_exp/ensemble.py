@@ -86,7 +86,7 @@ def run_ensemble(run: RunConfig, cfg: DictConfig, *, launch_dir: str, run_name: 
     seeds = run.ensemble.member_seeds(run.seed)
     check_plugins(run)  # user code and data errors surface here, before any MLflow run exists
     limit_threads(run.train.threads)  # before TensorFlow's first op
-    data = prepare(run.dataset)
+    data = prepare(run.dataset).training_on(run.train.splits)
     name = run.tracking.run_name or run_name
     parent_name = run.tracking.run_name or (run_name and f"{run_name}-ensemble")
     tracker = Tracker(run.tracking.uri, run.tracking.experiment, launch_dir)

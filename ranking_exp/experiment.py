@@ -82,7 +82,7 @@ def run_training(run: RunConfig, cfg: DictConfig, *, launch_dir: str, run_name: 
     check_plugins(run)
     limit_threads(run.train.threads)
     strategy = _make_strategy(run)  # before TensorFlow's first op (multi-worker strategies need that)
-    data = prepare(run.dataset)  # user data errors surface here, before any MLflow run exists
+    data = prepare(run.dataset).training_on(run.train.splits)  # user data errors surface here, before any MLflow run
 
     from ranking_exp.train.resume import ResumeDir
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.txt"
 # Config sections that do not apply to a LightGBM run (left out of its MLflow params).
 _NOT_APPLICABLE = ("loss", "optimizer", "preprocess", "callbacks", "model", "export", "strategy", "ensemble")
-_TRAIN_KEYS = ("threads", "deterministic")
+_TRAIN_KEYS = ("threads", "deterministic", "splits")
 
 
 @dataclasses.dataclass
@@ -179,8 +179,13 @@ def _train_and_record(run: RunConfig, data: PreparedData, splits: dict[str, Spli
         callbacks.append(lgb.log_evaluation(period=50))
     booster = lgb.train(params, train_set, num_boost_round=s.num_boost_round, valid_sets=[vali_set],
                         valid_names=["vali"], callbacks=callbacks)
-    train_seconds = time.time() - started
     best_iteration = booster.best_iteration or booster.current_iteration()
+    if run.train.refit:  # train.splits=[train, vali]: as many trees as early stopping chose, on both
+        log.info("LightGBM: refitting %d trees (early stopping's choice on vali) on train + vali", best_iteration)
+        both = lgb.Dataset(np.concatenate([train.x, vali.x]), label=np.concatenate([train.y, vali.y]),
+                           group=np.concatenate([train.groups, vali.groups]), feature_name=columns, free_raw_data=True)
+        booster = lgb.train(params, both, num_boost_round=best_iteration)
+    train_seconds = time.time() - started
 
     tf.keras.utils.set_random_seed(run.seed)  # the standard metrics break ties at random: repeatably
     metrics: dict[str, float] = {}

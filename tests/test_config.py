@@ -71,6 +71,11 @@ def test_every_option_composes_into_its_validated_class(group, option, monkeypat
     (["strategy=mirrored", "strategy.variable_partitioner.kind=fixed_shards"],
      "strategy.variable_partitioner: only for strategy=parameter_server (got mirrored)"),
     (["callbacks.reduce_lr.enabled=true", "optimizer.schedule.kind=cosine"], "callbacks.reduce_lr: cannot be combined"),
+    (["optimizer.schedule.decay_steps=soon"], "optimizer.schedule.decay_steps: must be auto or a whole number > 0"),
+    (["train.splits=[vali]"], "train.splits: must be [train] or [train, vali] (got ['vali'])"),
+    (["train.splits=[train,test]"], "train.splits: must be [train] or [train, vali]"),
+    (["train.splits=[train,vali]", "callbacks.early_stopping.enabled=true"],
+     "callbacks.early_stopping: watches the validation set, which train.splits=[train, vali] trains on"),
 ])
 def test_bad_config_is_one_line_naming_the_key(overrides, message):
     register_configs()
@@ -114,6 +119,6 @@ def test_experiment_configs_compose_on_any_fold(tmp_path, name):
         assert (run.scorer.kind, run.loss.key, run.train.batch_size) == ("dasalc", "softmax_loss", 16)
         assert run.ensemble.seeds == 5
         assert run.scorer.num_attention_layers == 1
-        # The cosine decays over the whole run: 12 epochs of ceil(471 MQ2008 training lists / 16).
-        assert (run.optimizer.schedule.kind, run.optimizer.schedule.decay_steps) == ("cosine", 360)
-        assert run.optimizer.schedule.decay_steps == run.train.epochs * -(-471 // run.train.batch_size)
+        # The cosine decays over the whole run (12 epochs of ceil(471 MQ2008 training lists / 16) =
+        # 360 steps; 480 when refit on train + vali's 628 lists).
+        assert (run.optimizer.schedule.kind, run.optimizer.schedule.decay_steps) == ("cosine", "auto")

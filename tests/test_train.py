@@ -158,6 +158,16 @@ def test_every_optimizer_and_schedule_builds_with_the_configured_rates():
     assert lr_at("linear_warmup_cosine", 0, warmup_steps=10) == pytest.approx(0.01)
     assert lr_at("linear_warmup_cosine", 10, warmup_steps=10) == pytest.approx(0.1)
 
+    # decay_steps=auto: over the run's steps (after the warm-up), whatever its epochs and data
+    def auto_at(kind, step, run_steps, **kw):
+        return float(learning_rate(0.1, ScheduleConfig(kind=kind, decay_steps="auto", **kw), run_steps)(tf.constant(step)))
+
+    assert auto_at("cosine", 150, 300) == pytest.approx(0.05)
+    assert auto_at("cosine", 300, 300) == pytest.approx(0.0, abs=1e-6) and auto_at("cosine", 300, 600) == pytest.approx(0.05)
+    assert auto_at("linear_warmup_cosine", 10 + 145, 300, warmup_steps=10) == pytest.approx(0.05)
+    with pytest.raises(ConfigError, match="decay_steps: auto needs the run's number of steps"):
+        learning_rate(0.1, ScheduleConfig(kind="cosine", decay_steps="auto"), None)
+
 
 def test_existing_elwc_shards_train_with_their_feature_spec(tmp_path):
     """dataset=elwc: shards written elsewhere plus the feature_spec.json describing them."""

@@ -47,6 +47,22 @@ class PreparedData:
     def split(self, name: str) -> SplitInfo | None:
         return self.splits.get(name)
 
+    def training_on(self, names: list[str] | tuple[str, ...]) -> PreparedData:
+        """This data with its ``train`` split made of the lists of ``names`` (e.g. train and vali,
+        to refit a chosen configuration); the other splits stay as they are."""
+        names = list(names)
+        if names == ["train"]:
+            return self
+        parts = [self.splits.get(n) for n in names]
+        missing = [n for n, part in zip(names, parts) if part is None]
+        if missing:
+            from ranking_exp.errors import DataError
+
+            raise DataError(f"{self.root}: train.splits names {', '.join(missing)}, which the data set does not have")
+        count = lambda key: None if any(getattr(p, key) is None for p in parts) else sum(getattr(p, key) for p in parts)  # noqa: E731
+        train = SplitInfo(files=[f for p in parts for f in p.files], num_lists=count("num_lists"), num_docs=count("num_docs"))
+        return dataclasses.replace(self, splits={**self.splits, "train": train})
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "splits": {k: dataclasses.asdict(v) for k, v in self.splits.items()},

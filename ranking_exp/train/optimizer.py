@@ -1,9 +1,12 @@
 """The ``optimizer`` group: a Keras optimizer and its learning-rate schedule."""
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from ranking_exp.config import OptimizerConfig, ScheduleConfig
+from ranking_exp.errors import ConfigError
 
 
 class LinearWarmup(tf.keras.optimizers.schedules.LearningRateSchedule):
@@ -22,10 +25,23 @@ class LinearWarmup(tf.keras.optimizers.schedules.LearningRateSchedule):
                 "after": tf.keras.optimizers.schedules.serialize(self.after)}
 
 
-def learning_rate(lr: float, s: ScheduleConfig):
+def decay_steps(s: ScheduleConfig, run_steps: int | None) -> int:
+    """``s.decay_steps``, with ``auto`` resolved to the run's steps after the warm-up."""
+    if s.decay_steps != "auto":
+        return s.decay_steps
+    if run_steps is None:
+        raise ConfigError("optimizer.schedule.decay_steps: auto needs the run's number of steps, and the training "
+                          "split's lists are not counted (ELWC data without counts): set a number")
+    warmup = s.warmup_steps if s.kind == "linear_warmup_cosine" else 0
+    return max(1, run_steps - warmup)
+
+
+def learning_rate(lr: float, s: ScheduleConfig, run_steps: int | None = None):
+    """The learning rate or schedule; ``run_steps``: the run's training steps (for ``decay_steps=auto``)."""
     sched = tf.keras.optimizers.schedules
     if s.kind == "constant":
         return lr
+    s = dataclasses.replace(s, decay_steps=decay_steps(s, run_steps))
     if s.kind == "exponential":
         return sched.ExponentialDecay(lr, s.decay_steps, s.decay_rate, staircase=s.staircase)
     if s.kind == "cosine":
@@ -36,10 +52,10 @@ def learning_rate(lr: float, s: ScheduleConfig):
     return LinearWarmup(lr, s.warmup_steps, sched.CosineDecay(lr, s.decay_steps, alpha=s.alpha))
 
 
-def build_optimizer(cfg: OptimizerConfig):
+def build_optimizer(cfg: OptimizerConfig, run_steps: int | None = None):
     """The configured Keras optimizer: a ``tf.keras.optimizers.legacy`` one (fused per-variable
     update kernels) when ``optimizer.fused``, else the new ``tf.keras.optimizers`` one."""
-    lr = learning_rate(cfg.learning_rate, cfg.schedule)
+    lr = learning_rate(cfg.learning_rate, cfg.schedule, run_steps)
     common = {"learning_rate": lr, "clipnorm": cfg.clipnorm}
     kinds = tf.keras.optimizers.legacy if cfg.fused else tf.keras.optimizers
     if cfg.name == "adam":

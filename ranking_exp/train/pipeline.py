@@ -122,7 +122,8 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
         self._run = run
         self._strategy = strategy
         with tfr.keras.strategy_utils.strategy_scope(strategy):
-            self._optimizer = build_optimizer(run.optimizer)
+            batches = dataset_builder.num_batches("train")
+            self._optimizer = build_optimizer(run.optimizer, batches and batches * run.train.epochs)
         self._extra_callbacks = list(extra_callbacks)
         self._is_chief = is_chief
         self._resume = resume
