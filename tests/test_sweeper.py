@@ -197,7 +197,10 @@ def test_a_killed_sweep_resumes_and_retries_the_lost_trial(tmp_path):
     (SMALL_SPACE, "hydra.sweeper.params.nope=3", "error: hydra.sweeper.params.nope:"),
     (SMALL_SPACE, "hydra.sweeper.pruner.percentile=150",
      "error: hydra.sweeper.pruner.percentile: must be in (0, 100] (the share of trials kept at each epoch), got 150.0"),
-], ids=["unknown path", "empty interval", "unknown sampler", "unknown pruner", "params typo", "bad percentile"])
+    (SMALL_SPACE, "train.splits=[train,vali]", "error: train.splits: a sweep chooses on the validation set, so it "
+                                                "must not train on it"),
+], ids=["unknown path", "empty interval", "unknown sampler", "unknown pruner", "params typo", "bad percentile",
+        "refit sweep"])
 def test_bad_sweep_files_fail_in_one_line_before_training(tmp_path, params, override, message):
     r = run_cli(sweep_args(tmp_path, params, *([override] if override else [])), cwd=tmp_path, timeout=120)
     assert r.returncode == 2

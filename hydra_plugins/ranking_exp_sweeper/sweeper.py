@@ -124,6 +124,10 @@ class RankingOptunaSweeper(Sweeper):
             raise ConfigError("hydra.sweeper.params: empty search space")
         distributions = parse_params(params)
         check_paths(params, job_cfg, set(GROUPS))
+        splits = list(OmegaConf.select(job_cfg, "train.splits", default=["train"]) or [])
+        if "vali" in splits or "train.splits" in params:
+            raise ConfigError("train.splits: a sweep chooses on the validation set, so it must not train on it: sweep "
+                              "with train.splits=[train], then refit the chosen trial with train.splits=[train,vali]")
         make_sampler(conf.sampler, distributions)
 
     def __init__(self, **kwargs: Any):
