@@ -53,16 +53,16 @@ def _run(args: list[str], work: Path) -> float:
     return time.time() - started
 
 
-def _cv_results(work: Path, since: float) -> dict:
-    """The newest cv_results.json written after ``since``."""
-    found = [p for p in work.glob("outputs/*/*/cv_results.json") if p.stat().st_mtime >= since]
+def _newest(work: Path, name: str, since: float) -> dict:
+    """The newest ``name`` (cv_results.json, results.json) a run wrote under outputs/ after ``since``."""
+    found = [p for p in work.glob(f"outputs/*/*/{name}") if p.stat().st_mtime >= since]
     return json.loads(max(found, key=lambda p: p.stat().st_mtime).read_text())
 
 
 def cross_validate(work: Path, data: Path, overrides: list[str]) -> dict:
     since = time.time()
     wall = _run([*overrides, "dataset=letor", f"dataset.path={data}", "dataset.folds=all", *COMMON], work)
-    cv = _cv_results(work, since)
+    cv = _newest(work, "cv_results.json", since)
     return {"command": "python -m ranking_exp " + " ".join([*overrides, f"dataset.path={data}", "dataset.folds=all"]),
             "wall_seconds": round(wall, 1),
             "folds": {name: {"test": {m: f["metrics"][f"test_{m}"] for m in METRICS},
@@ -93,8 +93,7 @@ def lightgbm_tuned(work: Path, data: Path, trials: int, refit: bool = False) -> 
             wall += _run(["scorer=lightgbm", "scorer.subsample_freq=1", *(f"{k}={v}" for k, v in best.params.items()),
                           "dataset=letor", f"dataset.path={data / fold}", REFIT, "train.threads=1",
                           "tracking.log_model=false", *COMMON], work)
-            found = [p for p in work.glob("outputs/*/*/results.json") if p.stat().st_mtime >= since]
-            run_id = json.loads(max(found, key=lambda p: p.stat().st_mtime).read_text())["run_id"]
+            run_id = _newest(work, "results.json", since)["run_id"]
         run = client.get_run(run_id)
         folds[fold] = {"test": {m: run.data.metrics[f"test_{m}"] for m in METRICS},
                        "vali": {m: run.data.metrics.get(f"best_val_{m}") for m in METRICS},

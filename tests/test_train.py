@@ -182,6 +182,27 @@ def test_existing_elwc_shards_train_with_their_feature_spec(tmp_path):
     assert math.isfinite(result.metrics["test_ndcg_10"])
 
 
+def test_decay_over_the_run_counts_lists_the_data_set_does_not_count(tmp_path):
+    """decay_steps=auto on ELWC shards without list counts: the lists are counted, not refused."""
+    from ranking_exp.data.builder import RankingDatasetBuilder
+    from ranking_exp.data.sources import prepare
+    from ranking_exp.model.builder import build_model_builder
+    from ranking_exp.train.pipeline import RankingPipeline
+
+    run, _ = compose_run(tmp_path, TINY)
+    data = prepare(run.dataset)
+    run, _ = compose_run(tmp_path / "elwc", [
+        *(o for o in TINY if not o.startswith("dataset.")), "dataset=elwc", f"dataset.train={data.root}/train-*.tfrecord", f"dataset.vali={data.root}/vali-*.tfrecord",
+        f"dataset.feature_spec={data.root}/feature_spec.json", "optimizer.schedule.kind=cosine",
+        "optimizer.schedule.decay_steps=auto"])
+    elwc = prepare(run.dataset)
+    assert elwc.split("train").num_lists is None
+    datasets = RankingDatasetBuilder(elwc, run.train, run.seed)
+    model_builder = build_model_builder(run, elwc.spec, lambda: datasets.build_split_dataset("train"))
+    pipeline = RankingPipeline(model_builder, datasets, run)
+    assert pipeline._optimizer.learning_rate.decay_steps == run.train.epochs * math.ceil(120 / run.train.batch_size)
+
+
 def test_callbacks_follow_the_config(tmp_path):
     from ranking_exp.train.callbacks import build_callbacks
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ranking_exp.data.spec import FeatureSpec
+from ranking_exp.errors import DataError
 
 METADATA_FILE = "metadata.json"
 SPLITS = ("train", "vali", "test")
@@ -56,8 +57,6 @@ class PreparedData:
         parts = [self.splits.get(n) for n in names]
         missing = [n for n, part in zip(names, parts) if part is None]
         if missing:
-            from ranking_exp.errors import DataError
-
             raise DataError(f"{self.root}: train.splits names {', '.join(missing)}, which the data set does not have")
         count = lambda key: None if any(getattr(p, key) is None for p in parts) else sum(getattr(p, key) for p in parts)  # noqa: E731
         train = SplitInfo(files=[f for p in parts for f in p.files], num_lists=count("num_lists"), num_docs=count("num_docs"))

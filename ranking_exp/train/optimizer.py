@@ -30,8 +30,7 @@ def decay_steps(s: ScheduleConfig, run_steps: int | None) -> int:
     if s.decay_steps != "auto":
         return s.decay_steps
     if run_steps is None:
-        raise ConfigError("optimizer.schedule.decay_steps: auto needs the run's number of steps, and the training "
-                          "split's lists are not counted (ELWC data without counts): set a number")
+        raise ConfigError("optimizer.schedule.decay_steps: auto needs the run's number of steps (run_steps): set a number")
     warmup = s.warmup_steps if s.kind == "linear_warmup_cosine" else 0
     return max(1, run_steps - warmup)
 

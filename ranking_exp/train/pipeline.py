@@ -122,8 +122,7 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
         self._run = run
         self._strategy = strategy
         with tfr.keras.strategy_utils.strategy_scope(strategy):
-            batches = dataset_builder.num_batches("train")
-            self._optimizer = build_optimizer(run.optimizer, batches and batches * run.train.epochs)
+            self._optimizer = build_optimizer(run.optimizer, self._run_steps(dataset_builder, run))
         self._extra_callbacks = list(extra_callbacks)
         self._is_chief = is_chief
         self._resume = resume
@@ -132,6 +131,16 @@ class RankingPipeline(tfr.keras.pipeline.ModelFitPipeline):
         self.epochs_run = EpochsRun()
         self.model: tf.keras.Model | None = None
         self.exports: dict[str, str] = {}
+
+    @staticmethod
+    def _run_steps(builder: RankingDatasetBuilder, run: RunConfig) -> int | None:
+        """The run's training steps where the schedule needs them (``decay_steps=auto``); the
+        training lists are counted first when the data set does not say (``dataset=elwc``)."""
+        if run.optimizer.schedule.decay_steps != "auto":
+            return None
+        if builder.num_batches("train") is None:
+            builder.num_lists["train"] = count_records(builder.data.split("train").files)
+        return builder.num_batches("train") * run.train.epochs
 
     def build_loss(self):
         return build_loss(self._run.loss)
