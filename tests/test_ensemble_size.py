@@ -1,0 +1,51 @@
+"""benchmarks/ensemble_size.py: the ensemble size is chosen on validation lists, and the ensemble of
+the first k members it evaluates is the one ranking_exp exports (real TensorFlow, tiny LETOR folds)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+from tests.test_lightgbm_cv import write_letor_folds
+
+SCRIPT = REPO / "benchmarks" / "ensemble_size.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("ensemble_size_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_size_with_the_best_mean_validation_ndcg_is_chosen_the_smaller_on_a_tie():
+    choose = _module().choose
+    assert choose([{"ndcg_10": 0.70}, {"ndcg_10": 0.72}, {"ndcg_10": 0.71}]) == 2
+    assert choose([{"ndcg_10": 0.70}, {"ndcg_10": 0.72}, {"ndcg_10": 0.72}]) == 2
+    assert choose([{"ndcg_10": 0.73}, {"ndcg_10": 0.72}]) == 1
+
+
+@pytest.mark.slow
+def test_prefix_ensembles_are_scored_on_vali_and_the_full_one_matches_its_export(tmp_path):
+    data = write_letor_folds(tmp_path / "letor", folds=("Fold1", "Fold2"))
+    out = tmp_path / "ensemble_size.json"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--seeds", "3", "--workdir",
+                        str(tmp_path / "work"), "--out", str(out), "--overrides", "scorer.hidden_layer_dims=[8]",
+                        "train.epochs=1", "train.batch_size=8", "tracking.log_model=false"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["seeds"] == 3 and list(result["vali_by_fold"]) == ["Fold1", "Fold2"]
+    # The mean of the first 3 members' scores, evaluated here, is what the exported ensemble recorded.
+    assert result["full_ensemble_vs_its_export_max_abs_diff"] < 1e-5
+    means = [r["ndcg_10"] for r in result["mean_vali"]]
+    assert len(means) == 3 and result["chosen_size"] == means.index(max(means)) + 1
+    for k, mean in enumerate(means):
+        assert mean == pytest.approx(sum(f[k]["ndcg_10"] for f in result["vali_by_fold"].values()) / 2)
+    # Members differ (different seeds), so the one-member "ensemble" is not the three-member one.
+    assert result["vali_by_fold"]["Fold1"][0] != result["vali_by_fold"]["Fold1"][2]
+    assert "<- chosen" in r.stdout and not any("test" in k for k in result["mean_vali"][0])
