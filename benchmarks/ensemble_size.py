@@ -5,14 +5,20 @@ run here unless ``--run-dir`` names a finished one) trains N members per fold. T
 member's export scores the fold's *validation* lists once, and the ensemble of its first k members
 (k = 1..N: the plain mean of raw scores that ranking_exp/ensemble.py exports) is evaluated with the
 run's metrics. The chosen size is the k with the highest mean validation NDCG@10 over the folds (the
-smaller k on a tie): the rule is fixed here, before any number exists, and test lists are never read.
+smaller k on a tie). Test lists are never read.
 
-Caveat: each member exports its best-by-validation epoch, so every k's validation score is a little
-optimistic; the bias is alike for every k, which is what the choice compares.
+Which export of each member (``--members``):
+
+- ``last`` (default): its last epoch. Nothing in a member was chosen on validation, so every k's
+  validation score is out of sample; and it is what a refit (``train.splits=[train,vali]``) exports.
+- ``best``: its best-by-validation epoch, what the ensemble of the run exported (checked here: the
+  N-member mean must give the N-member export's recorded score). Each member's epoch was chosen on
+  the same validation lists, so its score there is optimistic, and most so for one member: averaging
+  members dilutes the noise each one was chosen for. Comparing sizes this way favours small ones.
 
 Writes benchmarks/results/ensemble_size.json and prints mean validation NDCG@5/NDCG@10 per k.
 Usage: python benchmarks/ensemble_size.py [--data ../shared/data/MQ2008] [--seeds 10] [--workdir DIR]
-       [--run-dir DIR] [--overrides k=v ...]
+       [--run-dir DIR] [--members last|best] [--overrides k=v ...]
 """
 from __future__ import annotations
 
@@ -46,9 +52,9 @@ def train(work: Path, data: Path, seeds: int, overrides: list[str]) -> Path:
     return max(found, key=lambda p: p.stat().st_mtime).parent
 
 
-def vali_scores(fold_cfg) -> tuple[object, list[np.ndarray], list[list[np.ndarray]], dict]:
+def vali_scores(fold_cfg, which: str) -> tuple[object, list[np.ndarray], list[list[np.ndarray]], dict]:
     """The fold's run config, its validation labels per batch, every member's scores per batch
-    (in seed order) and the ensemble's own recorded metrics."""
+    (in seed order, from its ``which`` export: ``last`` or ``best``) and the ensemble's own recorded metrics."""
     import tensorflow as tf
 
     from ranking_exp.config import to_run_config
@@ -66,7 +72,8 @@ def vali_scores(fold_cfg) -> tuple[object, list[np.ndarray], list[list[np.ndarra
     labels = [b[1].numpy() for b in batches]
     scores = []
     for member in members:
-        fn = tf.saved_model.load(member_model_dir(member)).signatures[FEATURES_SIGNATURE]
+        model_dir = member.exports["last"] if which == "last" else member_model_dir(member)
+        fn = tf.saved_model.load(model_dir).signatures[FEATURES_SIGNATURE]
         names = list(fn.structured_input_signature[1])
         scores.append([fn(**{k: f[k] for k in names})["outputs"].numpy() for f, _ in batches])
     return run, labels, scores, recorded["metrics"]
@@ -102,6 +109,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10, help="the largest ensemble (members trained per fold)")
     p.add_argument("--workdir", default=None, help="where the cross-validation runs (default: a temp dir)")
     p.add_argument("--run-dir", default=None, help="a finished cross-validation of ensembles to read instead")
+    p.add_argument("--members", choices=["last", "best"], default="last",
+                   help="each member's last epoch (default: nothing chosen on vali) or its best-by-vali one")
     p.add_argument("--overrides", nargs="*", default=[], help="extra overrides for the training run")
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args()
@@ -134,7 +143,7 @@ def main() -> None:
         per_fold, recorded = {}, {}
         for name, fold in cv["folds"].items():
             cfg = fold_config(root, data_root / name, fold["output_dir"])
-            run, labels, scores, recorded[name] = vali_scores(cfg)
+            run, labels, scores, recorded[name] = vali_scores(cfg, a.members)
             per_fold[name] = prefix_metrics(run, labels, scores)
             print(f"{name}: vali {MONITOR} by size " + " ".join(f"{r[MONITOR]:.4f}" for r in per_fold[name]), flush=True)
     sizes = len(next(iter(per_fold.values())))
@@ -142,8 +151,9 @@ def main() -> None:
             for k in range(sizes)]
     chosen = choose(mean)
     # The full ensemble's score here must be the one its own export recorded (the same mean, the same metric).
-    drift = max(abs(per_fold[f][-1][MONITOR] - recorded[f][f"best_val_{MONITOR}"]) for f in per_fold)
-    result = {"run_dir": str(run_dir), "seeds": sizes, "rule": f"highest mean vali {MONITOR}, smaller on a tie",
+    drift = (max(abs(per_fold[f][-1][MONITOR] - recorded[f][f"best_val_{MONITOR}"]) for f in per_fold)
+             if a.members == "best" else None)
+    result = {"run_dir": str(run_dir), "seeds": sizes, "members": a.members, "rule": f"highest mean vali {MONITOR}, smaller on a tie",
               "chosen_size": chosen, "mean_vali": mean, "vali_by_fold": per_fold,
               "full_ensemble_vs_its_export_max_abs_diff": drift, "wall_seconds": round(time.time() - started, 1),
               "train_seconds": round(train_seconds, 1)}
@@ -153,7 +163,8 @@ def main() -> None:
     print(f"\n{'size':>4} {'vali NDCG@5':>12} {'vali NDCG@10':>13}   (means over {len(per_fold)} folds)")
     for k, r in enumerate(mean, 1):
         print(f"{k:>4} {r['ndcg_5']:>12.4f} {r[MONITOR]:>13.4f}" + ("   <- chosen" if k == chosen else ""))
-    print(f"(the {sizes}-member ensemble here vs its own export's recorded vali {MONITOR}: max |diff| {drift:.1e})")
+    print(f"(members' {a.members} epoch" + ("" if drift is None else
+          f"; the {sizes}-member ensemble here vs its own export's recorded vali {MONITOR}: max |diff| {drift:.1e}") + ")")
 
 
 if __name__ == "__main__":

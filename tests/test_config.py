@@ -117,7 +117,7 @@ def test_experiment_configs_compose_on_any_fold(tmp_path, name):
     assert run.dataset.path == "/data/MQ2008/Fold3"
     if name == "mq2008_best":
         assert (run.scorer.kind, run.loss.key, run.train.batch_size) == ("dasalc", "softmax_loss", 16)
-        assert run.ensemble.seeds == 5
+        assert run.ensemble.seeds == 9
         assert run.scorer.num_attention_layers == 1
         # The cosine decays over the whole run (12 epochs of ceil(471 MQ2008 training lists / 16) =
         # 360 steps; 480 when refit on train + vali's 628 lists).

@@ -32,20 +32,30 @@ def test_the_size_with_the_best_mean_validation_ndcg_is_chosen_the_smaller_on_a_
 @pytest.mark.slow
 def test_prefix_ensembles_are_scored_on_vali_and_the_full_one_matches_its_export(tmp_path):
     data = write_letor_folds(tmp_path / "letor", folds=("Fold1", "Fold2"))
-    out = tmp_path / "ensemble_size.json"
+    best_json, last_json = tmp_path / "best.json", tmp_path / "last.json"
     r = subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--seeds", "3", "--workdir",
-                        str(tmp_path / "work"), "--out", str(out), "--overrides", "scorer.hidden_layer_dims=[8]",
-                        "train.epochs=1", "train.batch_size=8", "tracking.log_model=false"],
+                        str(tmp_path / "work"), "--members", "best", "--out", str(best_json), "--overrides",
+                        "scorer.hidden_layer_dims=[8]", "train.epochs=3", "train.batch_size=8", "tracking.log_model=false"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert result["seeds"] == 3 and list(result["vali_by_fold"]) == ["Fold1", "Fold2"]
+    best = json.loads(best_json.read_text())
+    assert best["seeds"] == 3 and best["members"] == "best" and list(best["vali_by_fold"]) == ["Fold1", "Fold2"]
     # The mean of the first 3 members' scores, evaluated here, is what the exported ensemble recorded.
-    assert result["full_ensemble_vs_its_export_max_abs_diff"] < 1e-5
-    means = [r["ndcg_10"] for r in result["mean_vali"]]
-    assert len(means) == 3 and result["chosen_size"] == means.index(max(means)) + 1
+    assert best["full_ensemble_vs_its_export_max_abs_diff"] < 1e-5
+    means = [r["ndcg_10"] for r in best["mean_vali"]]
+    assert len(means) == 3 and best["chosen_size"] == means.index(max(means)) + 1
     for k, mean in enumerate(means):
-        assert mean == pytest.approx(sum(f[k]["ndcg_10"] for f in result["vali_by_fold"].values()) / 2)
+        assert mean == pytest.approx(sum(f[k]["ndcg_10"] for f in best["vali_by_fold"].values()) / 2)
     # Members differ (different seeds), so the one-member "ensemble" is not the three-member one.
-    assert result["vali_by_fold"]["Fold1"][0] != result["vali_by_fold"]["Fold1"][2]
-    assert "<- chosen" in r.stdout and not any("test" in k for k in result["mean_vali"][0])
+    assert best["vali_by_fold"]["Fold1"][0] != best["vali_by_fold"]["Fold1"][2]
+    assert "<- chosen" in r.stdout and not any("test" in k for k in best["mean_vali"][0])
+
+    # The same run read again, each member by its last epoch (the default): a single member's best
+    # epoch is the one with the highest vali NDCG@10, so its last can only score the same or lower.
+    r = subprocess.run([sys.executable, str(SCRIPT), "--run-dir", best["run_dir"], "--out", str(last_json)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = json.loads(last_json.read_text())
+    assert last["members"] == "last" and last["full_ensemble_vs_its_export_max_abs_diff"] is None
+    singles = [(best["vali_by_fold"][f][0]["ndcg_10"], last["vali_by_fold"][f][0]["ndcg_10"]) for f in ("Fold1", "Fold2")]
+    assert all(b >= l - 1e-6 for b, l in singles) and any(b > l + 1e-6 for b, l in singles), singles
