@@ -1,11 +1,12 @@
 """How many seeds the ensemble of ``mq2008_best`` needs, chosen on the validation folds only.
 
-One cross-validation of ensembles (``+experiment=mq2008_best dataset.folds=all ensemble.seeds=N``,
-run here unless ``--run-dir`` names a finished one) trains N members per fold. Then, per fold, every
-member's export scores the fold's *validation* lists once, and the ensemble of its first k members
-(k = 1..N: the plain mean of raw scores that ranking_exp/ensemble.py exports) is evaluated with the
-run's metrics. The chosen size is the k with the highest mean validation NDCG@10 over the folds (the
-smaller k on a tie). Test lists are never read.
+One cross-validation of ensembles (``+experiment=mq2008_best dataset.folds=all ensemble.seeds=N``;
+another ``--experiment``, any LETOR folder of folds as ``--data``), run here unless ``--run-dir`` names
+a finished one, trains N members per fold. Then, per fold, every member's export scores the fold's
+*validation* lists once, and the ensemble of its first k members (k = 1..N: the plain mean of raw
+scores that ranking_exp/ensemble.py exports) is evaluated with the run's metrics. The chosen size is
+the k with the highest mean validation NDCG@10 over the folds (the smaller k on a tie). Nothing here
+reads a test list or a test metric (the training runs record theirs, as every run does).
 
 Which export of each member (``--members``):
 
@@ -17,7 +18,8 @@ Which export of each member (``--members``):
   members dilutes the noise each one was chosen for. Comparing sizes this way favours small ones.
 
 Writes benchmarks/results/ensemble_size.json and prints mean validation NDCG@5/NDCG@10 per k.
-Usage: python benchmarks/ensemble_size.py [--data ../shared/data/MQ2008] [--seeds 10] [--workdir DIR]
+Usage: python benchmarks/ensemble_size.py [--data ../shared/data/MQ2008] [--experiment mq2008_best] [--seeds 10]
+       [--workdir DIR]
        [--run-dir DIR] [--members last|best] [--overrides k=v ...]
 """
 from __future__ import annotations
@@ -39,10 +41,10 @@ OUT = Path(__file__).parent / "results" / "ensemble_size.json"
 MONITOR = "ndcg_10"
 
 
-def train(work: Path, data: Path, seeds: int, overrides: list[str]) -> Path:
+def train(work: Path, data: Path, experiment: str, seeds: int, overrides: list[str]) -> Path:
     """Runs the cross-validation of ``seeds``-member ensembles in ``work``; returns its run dir."""
     since = time.time()
-    args = ["+experiment=mq2008_best", "dataset=letor", f"dataset.path={data}", "dataset.folds=all",
+    args = [f"+experiment={experiment}", "dataset=letor", f"dataset.path={data}", "dataset.folds=all",
             f"ensemble.seeds={seeds}", "dataset.progress=false", "train.verbose=0",
             "metrics.convention=standard", *overrides]
     r = subprocess.run([sys.executable, "-m", "ranking_exp", *args], cwd=work, capture_output=True, text=True)
@@ -106,6 +108,7 @@ def choose(per_size: list[dict[str, float]]) -> int:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", default=str(MQ2008))
+    p.add_argument("--experiment", default="mq2008_best", help="the named experiment config (conf/experiment/)")
     p.add_argument("--seeds", type=int, default=10, help="the largest ensemble (members trained per fold)")
     p.add_argument("--workdir", default=None, help="where the cross-validation runs (default: a temp dir)")
     p.add_argument("--run-dir", default=None, help="a finished cross-validation of ensembles to read instead")
@@ -131,7 +134,7 @@ def main() -> None:
                 sys.exit(f"MQ2008 not found at {data} (pass --data or set RANKING_EXP_MQ2008)")
             work = Path(a.workdir or scratch).resolve()
             work.mkdir(parents=True, exist_ok=True)
-            run_dir = train(work, data, a.seeds, a.overrides)
+            run_dir = train(work, data, a.experiment, a.seeds, a.overrides)
         train_seconds = time.time() - started
         # The run's config composed again from its own overrides (Hydra's record of the command).
         with initialize_config_module("ranking_exp.conf", version_base="1.3"):
