@@ -19,8 +19,7 @@ Which export of each member (``--members``):
 
 Writes benchmarks/results/ensemble_size.json and prints mean validation NDCG@5/NDCG@10 per k.
 Usage: python benchmarks/ensemble_size.py [--data ../shared/data/MQ2008] [--experiment mq2008_best] [--seeds 10]
-       [--workdir DIR]
-       [--run-dir DIR] [--members last|best] [--overrides k=v ...]
+       [--workdir DIR] [--run-dir DIR] [--members last|best] [--overrides k=v ...]
 """
 from __future__ import annotations
 
@@ -66,7 +65,10 @@ def vali_scores(fold_cfg, which: str) -> tuple[object, list[np.ndarray], list[li
     from ranking_exp.experiment import RunResult
 
     run = to_run_config(fold_cfg)
-    recorded = json.loads((Path(run.output_dir) / "results.json").read_text())
+    path = Path(run.output_dir) / "results.json"
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    if not recorded.get("members"):
+        sys.exit(f"error: {path}: no ensemble members recorded (the run needs ensemble.seeds=N)")
     members = [RunResult(**{k: v for k, v in m.items() if k in RunResult.__dataclass_fields__})
                for _, m in sorted(recorded["members"].items(), key=lambda kv: int(kv[0]))]
     dataset = RankingDatasetBuilder(prepare(run.dataset), run.train, run.seed).build_split_dataset("vali")
@@ -128,6 +130,8 @@ def main() -> None:
         started = time.time()
         if a.run_dir:
             run_dir = Path(a.run_dir).resolve()
+            if not (run_dir / "cv_results.json").is_file():
+                sys.exit(f"error: --run-dir {run_dir}: no cv_results.json (not a finished dataset.folds run)")
         else:
             data = Path(a.data).resolve()
             if not (data / "Fold1").is_dir():
