@@ -22,24 +22,28 @@ TINY_SWEEP = ["dataset.num_train=120", "dataset.num_vali=40", "dataset.num_test=
               "train.epochs=2", "train.verbose=0", "tracking.log_model=false", "export.best=false"]
 
 
-def write_sweep(tmp_path: Path, name: str, params: dict[str, str]) -> str:
+def write_sweep(tmp_path: Path, name: str, params: dict[str, str], enqueue: list[dict] | None = None) -> str:
     """A sweep file in a search-path folder of the test's own; returns the searchpath override."""
     folder = tmp_path / "extra_conf" / "sweep"
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["# @package _global_", "defaults:", "  - override /hydra/sweeper: ranking_optuna", "hydra:",
              "  sweeper:", f"    study_name: {name}", "    params:"]
     lines += [f"      {k}: {v}" for k, v in params.items()]
+    if enqueue is not None:
+        lines.append("    enqueue_trials:")
+        lines += ["      " + line for line in yaml.safe_dump(enqueue, default_flow_style=None).splitlines()]
     (folder / f"{name}.yaml").write_text("\n".join(lines) + "\n")
     return f"hydra.searchpath=[file://{tmp_path / 'extra_conf'}]"
 
 
-def sweep_args(tmp_path: Path, params: dict[str, str], *extra: str) -> list[str]:
-    return ["-m", "+sweep=tiny", write_sweep(tmp_path, "tiny", params), *TINY_SWEEP,
+def sweep_args(tmp_path: Path, params: dict[str, str], *extra: str, enqueue: list[dict] | None = None) -> list[str]:
+    return ["-m", "+sweep=tiny", write_sweep(tmp_path, "tiny", params, enqueue), *TINY_SWEEP,
             "hydra.sweep.dir=multirun/sweep", *extra]
 
 
-def sweep(tmp_path: Path, params: dict[str, str], *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return run_cli(sweep_args(tmp_path, params, *extra), cwd=tmp_path, timeout=timeout)
+def sweep(tmp_path: Path, params: dict[str, str], *extra: str, timeout: int = 900,
+          enqueue: list[dict] | None = None) -> subprocess.CompletedProcess:
+    return run_cli(sweep_args(tmp_path, params, *extra, enqueue=enqueue), cwd=tmp_path, timeout=timeout)
 
 
 def load(tmp_path: Path, name: str = "tiny") -> optuna.Study:
@@ -157,6 +161,21 @@ def test_running_again_continues_the_study_up_to_n_trials(tmp_path):
     assert len(parents) == 1  # the same parent run continued
 
 
+def test_enqueued_trials_run_first_once_per_study(tmp_path):
+    # The configuration in use, measured by the sweep like its challengers: the sampler draws the keys it leaves out.
+    enqueue = [{"scorer.hidden_layer_dims": [16, 8], "optimizer.learning_rate": 0.0123}]
+    extra = ["hydra.sweeper.pruner.kind=none", "hydra.sweeper.sampler.seed=0"]
+    assert sweep(tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=2", *extra, enqueue=enqueue).returncode == 0
+    assert sweep(tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=3", *extra, enqueue=enqueue).returncode == 0
+    trials = load(tmp_path).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert trials[0].params == {"scorer.hidden_layer_dims": "[16,8]", "optimizer.learning_rate": 0.0123}
+    assert all(t.params != trials[0].params for t in trials[1:])  # not enqueued again by the resumed sweep
+    job = yaml.safe_load((tmp_path / "multirun/sweep/0/.hydra/config.yaml").read_text())
+    assert job["scorer"]["hidden_layer_dims"] == [16, 8] and job["optimizer"]["learning_rate"] == 0.0123
+    assert (tmp_path / "multirun/sweep/2/.hydra/config.yaml").exists()  # the resumed job numbered on, not over job 0
+
+
 def test_a_killed_sweep_resumes_and_retries_the_lost_trial(tmp_path):
     args = [sys.executable, "-m", "ranking_exp", *sweep_args(
         tmp_path, SMALL_SPACE, "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.kind=none",
@@ -199,10 +218,19 @@ def test_a_killed_sweep_resumes_and_retries_the_lost_trial(tmp_path):
      "error: hydra.sweeper.pruner.percentile: must be in (0, 100] (the share of trials kept at each epoch), got 150.0"),
     (SMALL_SPACE, "train.splits=[train,vali]", "error: train.splits: a sweep chooses on the validation set, so it "
                                                 "must not train on it"),
+    (SMALL_SPACE, [{"scorer.dropout": 0.1}], "error: hydra.sweeper.enqueue_trials[0].scorer.dropout: not a swept key "
+                                             "(swept: optimizer.learning_rate, scorer.hidden_layer_dims)"),
+    (SMALL_SPACE, [{"optimizer.learning_rate": 0.5}],
+     "error: hydra.sweeper.enqueue_trials[0].optimizer.learning_rate: 0.5 is outside [0.001, 0.05]"),
+    (SMALL_SPACE, [{"scorer.hidden_layer_dims": [32]}],
+     "error: hydra.sweeper.enqueue_trials[0].scorer.hidden_layer_dims: '[32]' is not one of the choices [8], [16,8]"),
 ], ids=["unknown path", "empty interval", "unknown sampler", "unknown pruner", "params typo", "bad percentile",
-        "refit sweep"])
+        "refit sweep", "enqueue unswept key", "enqueue out of range", "enqueue not a choice"])
 def test_bad_sweep_files_fail_in_one_line_before_training(tmp_path, params, override, message):
-    r = run_cli(sweep_args(tmp_path, params, *([override] if override else [])), cwd=tmp_path, timeout=120)
+    enqueue = override if isinstance(override, list) else None
+    override = None if enqueue else override
+    r = run_cli(sweep_args(tmp_path, params, *([override] if override else []), enqueue=enqueue), cwd=tmp_path,
+                timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().startswith(message) and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "optuna.db").exists()

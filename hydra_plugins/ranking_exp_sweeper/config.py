@@ -82,6 +82,9 @@ class RankingOptunaSweeperConf:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     params: dict[str, str] = field(default_factory=dict)
+    # Trials to run first, each fixing some swept keys (Optuna's study.enqueue_trial), e.g. the
+    # configuration in use: [{optimizer.learning_rate: 0.006, scorer.dropout: 0.13}]
+    enqueue_trials: list[Any] = field(default_factory=list)
     max_failure_rate: float = 0.5  # stop the sweep when more trials than this fraction fail
     heartbeat_interval: int = 30  # seconds; trials silent for grace_period are failed and retried
     grace_period: int = 120

@@ -79,6 +79,48 @@ def check_paths(params: Mapping[str, str], job_cfg: DictConfig, groups: set[str]
             raise ConfigError(f"hydra.sweeper.params.{key}: no such config key or group")
 
 
+def enqueued_params(entries, distributions) -> list[dict]:
+    """``hydra.sweeper.enqueue_trials`` -> the param dicts for Optuna's ``study.enqueue_trial``.
+
+    Each entry fixes some swept keys (the sampler draws the rest), e.g. the configuration in use, so
+    the sweep measures it the same way as its challengers. Values are YAML values; a list (hidden
+    layer sizes) matches a ``choice`` of lists by its override text. One-line ConfigError on a key
+    that is not swept or a value outside its search space."""
+    import optuna.distributions as D
+
+    out = []
+    for i, entry in enumerate(entries or []):
+        where = f"hydra.sweeper.enqueue_trials[{i}]"
+        if not isinstance(entry, Mapping) or not entry:
+            raise ConfigError(f"{where}: must be a mapping of swept keys to values, got {entry!r}")
+        params = {}
+        for key, value in entry.items():
+            dist = distributions.get(key)
+            if dist is None:
+                raise ConfigError(f"{where}.{key}: not a swept key (swept: {', '.join(sorted(distributions))})")
+            if isinstance(value, (list, tuple)):
+                value = "[" + ",".join(override_value(v) for v in value) + "]"
+            if isinstance(dist, D.CategoricalDistribution):
+                ok = any(type(c) is type(value) and c == value or
+                         (_is_number(c) and _is_number(value) and c == value) for c in dist.choices)
+                if not ok:
+                    raise ConfigError(f"{where}.{key}: {value!r} is not one of the choices "
+                                      f"{', '.join(map(str, dist.choices))}")
+            else:
+                if not _is_number(value) or (isinstance(dist, D.IntDistribution) and float(value) != int(value)):
+                    raise ConfigError(f"{where}.{key}: {value!r} is not a number in its search space")
+                if not dist.low <= value <= dist.high:
+                    raise ConfigError(f"{where}.{key}: {value!r} is outside [{dist.low}, {dist.high}]")
+                value = int(value) if isinstance(dist, D.IntDistribution) else float(value)
+            params[key] = value
+        out.append(params)
+    return out
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def override_value(value) -> str:
     """A sampled value as override text."""
     if isinstance(value, str):

@@ -28,7 +28,7 @@ import dataclasses
 
 from hydra_plugins.ranking_exp_sweeper.config import RankingOptunaSweeperConf
 from hydra_plugins.ranking_exp_sweeper.factories import TrialPruned, make_pruner, make_sampler
-from hydra_plugins.ranking_exp_sweeper.space import check_paths, override_value, parse_params
+from hydra_plugins.ranking_exp_sweeper.space import check_paths, enqueued_params, override_value, parse_params
 from ranking_exp.config import GROUPS
 from ranking_exp.errors import ConfigError, UserError
 
@@ -124,6 +124,7 @@ class RankingOptunaSweeper(Sweeper):
             raise ConfigError("hydra.sweeper.params: empty search space")
         distributions = parse_params(params)
         check_paths(params, job_cfg, set(GROUPS))
+        enqueued_params(conf.enqueue_trials, distributions)
         splits = list(OmegaConf.select(job_cfg, "train.splits", default=["train"]) or [])
         if "vali" in splits or "train.splits" in params:
             raise ConfigError("train.splits: a sweep chooses on the validation set, so it must not train on it: sweep "
@@ -157,6 +158,7 @@ class RankingOptunaSweeper(Sweeper):
             raise ConfigError("hydra.sweeper.params: empty search space")
         distributions = parse_params(params)
         check_paths(params, self.config, set(GROUPS))
+        enqueued = enqueued_params(conf.enqueue_trials, distributions)
         objectives = [conf.objective] if isinstance(conf.objective, str) else list(conf.objective)
         directions = [conf.direction] if isinstance(conf.direction, str) else list(conf.direction)
 
@@ -176,6 +178,12 @@ class RankingOptunaSweeper(Sweeper):
             study = optuna.create_study(
                 study_name=name, storage=storage, sampler=make_sampler(conf.sampler, distributions),
                 pruner=make_pruner(conf.pruner), directions=directions, load_if_exists=True)
+            # Once per study: skipped when a trial with these params exists (a resumed sweep, other workers).
+            for fixed_params in enqueued:
+                study.enqueue_trial(fixed_params, skip_if_exists=True)
+            # A resumed sweep numbers its jobs on from the study's trials, so a fixed hydra.sweep.dir keeps
+            # the earlier jobs' outputs (job N is trial N while one worker runs the study).
+            self.job_idx = max(self.job_idx, sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)))
         monitor = f"val_{self.config.metrics.monitor}"
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
