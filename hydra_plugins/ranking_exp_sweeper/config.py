@@ -54,9 +54,9 @@ class PrunerConfig:
                f"must be an integer >= 2, got {self.reduction_factor!r}")
         _check(self.max_resource == "auto" or (_is_int(self.max_resource) and self.max_resource >= self.min_resource),
                "pruner.max_resource", f"must be 'auto' or an integer >= min_resource, got {self.max_resource!r}")
-        _check(_is_number(self.percentile) and 0.0 < self.percentile <= 100.0, "pruner.percentile",
+        _check(is_number(self.percentile) and 0.0 < self.percentile <= 100.0, "pruner.percentile",
                f"must be in (0, 100] (the share of trials kept at each epoch), got {self.percentile!r}")
-        _check(_is_number(self.min_delta) and self.min_delta >= 0.0, "pruner.min_delta",
+        _check(is_number(self.min_delta) and self.min_delta >= 0.0, "pruner.min_delta",
                f"must be >= 0, got {self.min_delta!r}")
 
 
@@ -64,7 +64,8 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """An int or float, not a bool (YAML's true is not 1 here)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 

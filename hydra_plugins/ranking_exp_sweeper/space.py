@@ -13,6 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.ranking_exp_sweeper.config import is_number
 from ranking_exp.errors import ConfigError
 
 
@@ -101,13 +102,13 @@ def enqueued_params(entries, distributions) -> list[dict]:
             if isinstance(value, (list, tuple)):
                 value = "[" + ",".join(override_value(v) for v in value) + "]"
             if isinstance(dist, D.CategoricalDistribution):
-                ok = any(type(c) is type(value) and c == value or
-                         (_is_number(c) and _is_number(value) and c == value) for c in dist.choices)
-                if not ok:
+                # 1 matches 1.0 but not True or "1", which `in` would let through.
+                if not any(c == value and (type(c) is type(value) or is_number(c) and is_number(value))
+                           for c in dist.choices):
                     raise ConfigError(f"{where}.{key}: {value!r} is not one of the choices "
                                       f"{', '.join(map(str, dist.choices))}")
             else:
-                if not _is_number(value) or (isinstance(dist, D.IntDistribution) and float(value) != int(value)):
+                if not is_number(value) or (isinstance(dist, D.IntDistribution) and float(value) != int(value)):
                     raise ConfigError(f"{where}.{key}: {value!r} is not a number in its search space")
                 if not dist.low <= value <= dist.high:
                     raise ConfigError(f"{where}.{key}: {value!r} is outside [{dist.low}, {dist.high}]")
@@ -115,10 +116,6 @@ def enqueued_params(entries, distributions) -> list[dict]:
             params[key] = value
         out.append(params)
     return out
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def override_value(value) -> str:
