@@ -303,6 +303,7 @@ LOSS_KEYS = (
     # ordinal_loss is left out: it needs one output per grade (rank-3 scores), not a score per document.
 )
 LAMBDA_WEIGHTS = ("ndcg", "ndcg_v2", "dcg", "label_diff", "precision", "list_mle", "yeti_dcg")
+LABEL_GAINS = ("exp2",)
 # Losses built on pairs or on a Plackett-Luce list model take a lambda weight.
 LAMBDA_LOSSES = (
     "pairwise_logistic_loss", "pairwise_hinge_loss", "pairwise_soft_zero_one_loss",
@@ -319,6 +320,11 @@ class LossConfig:
     lambda_weight: Optional[str] = None
     lambda_weight_topn: Optional[int] = None
     temperature: Optional[float] = None
+    # softmax_loss's target: null is TF Ranking's (each document's share of the list's labels);
+    # exp2 is its share of the list's NDCG gains, 2^label - 1 (Bruch et al., "An Alternative Cross
+    # Entropy Loss for Learning-to-Rank", 2019, without their random offset): on 0-2 labels a 2 weighs
+    # 3 times a 1 instead of twice, as in the metric.
+    label_gain: Optional[str] = None
     reduction: str = "auto"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -332,6 +338,11 @@ class LossConfig:
         _check(self.lambda_weight_topn is None or self.lambda_weight_topn > 0,
                "loss.lambda_weight_topn", "must be > 0")
         _check(self.temperature is None or self.temperature > 0, "loss.temperature", "must be > 0")
+        if self.label_gain is not None:
+            _check(self.label_gain in LABEL_GAINS, "loss.label_gain", f"{self.label_gain!r} not in {LABEL_GAINS}")
+            _check(self.key == "softmax_loss", "loss.label_gain", f"only softmax_loss takes one, not {self.key}")
+            _check(self.lambda_weight is None, "loss.label_gain",
+                   "set either it or loss.lambda_weight (both weight the softmax target)")
         _check(self.reduction in ("auto", "sum", "sum_over_batch_size", "none"), "loss.reduction",
                f"{self.reduction!r} is not a Keras reduction")
 

@@ -136,6 +136,27 @@ def test_every_loss_builds_and_gives_a_finite_value():
         assert np.isfinite(value.numpy()), key
 
 
+def test_softmax_label_gain_targets_the_ndcg_gain():
+    from ranking_exp.config import LossConfig
+    from ranking_exp.train.pipeline import build_loss
+
+    labels = tf.constant([[2.0, 0.0, 1.0, -1.0]])  # the last document is padding
+    scores = tf.constant([[0.3, -0.2, 0.9, 5.0]])
+    log_p = tf.nn.log_softmax(scores[:, :3]).numpy()[0]
+
+    def expected(gains):  # TF Ranking weighs each list's cross entropy by its target's sum
+        return -np.sum(np.asarray(gains) * log_p)
+
+    plain = build_loss(LossConfig(key="softmax_loss"))(labels, scores).numpy()
+    gain = build_loss(LossConfig(key="softmax_loss", label_gain="exp2"))(labels, scores).numpy()
+    assert plain == pytest.approx(expected([2.0, 0.0, 1.0]), rel=1e-5)
+    assert gain == pytest.approx(expected([3.0, 0.0, 1.0]), rel=1e-5)
+    # a list of 0/1 labels is unchanged: 2^1 - 1 = 1
+    binary = tf.constant([[1.0, 0.0, 1.0, -1.0]])
+    assert build_loss(LossConfig(key="softmax_loss", label_gain="exp2"))(binary, scores).numpy() == \
+        pytest.approx(build_loss(LossConfig(key="softmax_loss"))(binary, scores).numpy(), rel=1e-6)
+
+
 def test_every_optimizer_and_schedule_builds_with_the_configured_rates():
     from ranking_exp.config import OptimizerConfig, ScheduleConfig
     from ranking_exp.train.optimizer import build_optimizer, learning_rate

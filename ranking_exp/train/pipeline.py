@@ -51,11 +51,22 @@ _LAMBDA_WEIGHTS = {
 }
 
 
+@tf.keras.utils.register_keras_serializable(package="ranking_exp")
+def unit_discount(rank):
+    """No rank discount: a lambda weight that is the label's gain alone (``loss.label_gain``)."""
+    return tf.ones_like(rank)
+
+
 def build_loss(cfg: LossConfig) -> tf.keras.losses.Loss:
     kwargs = dict(cfg.kwargs)
     if cfg.temperature is not None:
         kwargs["temperature"] = cfg.temperature
     lambda_weight = None
+    if cfg.label_gain == "exp2":
+        # TF Ranking's softmax loss replaces the labels by a DCG lambda weight's individual weights,
+        # gain(label) * discount(rank): with no discount that is the gain alone.
+        lambda_weight = tfr.keras.losses.DCGLambdaWeight(
+            gain_fn=tfr.keras.utils.pow_minus_1, rank_discount_fn=unit_discount)
     if cfg.lambda_weight is not None:
         lw_cls = _LAMBDA_WEIGHTS[cfg.lambda_weight]
         lw_kwargs = {}
