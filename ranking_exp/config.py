@@ -304,6 +304,7 @@ LOSS_KEYS = (
 )
 LAMBDA_WEIGHTS = ("ndcg", "ndcg_v2", "dcg", "label_diff", "precision", "list_mle", "yeti_dcg")
 LABEL_GAINS = ("exp2",)
+LIST_WEIGHTS = ("label_sum", "equal")
 # Losses built on pairs or on a Plackett-Luce list model take a lambda weight.
 LAMBDA_LOSSES = (
     "pairwise_logistic_loss", "pairwise_hinge_loss", "pairwise_soft_zero_one_loss",
@@ -325,6 +326,9 @@ class LossConfig:
     # Entropy Loss for Learning-to-Rank", 2019, without their random offset): on 0-2 labels a 2 weighs
     # 3 times a 1 instead of twice, as in the metric.
     label_gain: Optional[str] = None
+    # softmax_loss weighs each list's cross entropy by the sum of its target (label_sum, TF Ranking's);
+    # equal weighs every list with a relevant document the same, as a mean of per-query NDCG does.
+    list_weights: str = "label_sum"
     reduction: str = "auto"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -342,6 +346,11 @@ class LossConfig:
             _check(self.label_gain in LABEL_GAINS, "loss.label_gain", f"{self.label_gain!r} not in {LABEL_GAINS}")
             _check(self.key == "softmax_loss", "loss.label_gain", f"only softmax_loss takes one, not {self.key}")
             _check(self.lambda_weight is None, "loss.label_gain",
+                   "set either it or loss.lambda_weight (both weight the softmax target)")
+        _check(self.list_weights in LIST_WEIGHTS, "loss.list_weights", f"{self.list_weights!r} not in {LIST_WEIGHTS}")
+        if self.list_weights != "label_sum":
+            _check(self.key == "softmax_loss", "loss.list_weights", f"only softmax_loss takes them, not {self.key}")
+            _check(self.lambda_weight is None, "loss.list_weights",
                    "set either it or loss.lambda_weight (both weight the softmax target)")
         _check(self.reduction in ("auto", "sum", "sum_over_batch_size", "none"), "loss.reduction",
                f"{self.reduction!r} is not a Keras reduction")

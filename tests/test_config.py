@@ -64,6 +64,8 @@ def test_every_option_composes_into_its_validated_class(group, option, monkeypat
     (["loss.label_gain=exp3"], "loss.label_gain: 'exp3' not in ('exp2',)"),
     (["loss=list_mle", "loss.label_gain=exp2"], "loss.label_gain: only softmax_loss takes one, not list_mle_loss"),
     (["loss.lambda_weight=ndcg", "loss.label_gain=exp2"], "loss.label_gain: set either it or loss.lambda_weight"),
+    (["loss.list_weights=even"], "loss.list_weights: 'even' not in ('label_sum', 'equal')"),
+    (["loss=approx_ndcg", "loss.list_weights=equal"], "loss.list_weights: only softmax_loss takes them, not approx_ndcg_loss"),
     (["dataset=letor"], "dataset.path: required but not set"),
     (["metrics.monitor=ndcg_7"], "metrics.monitor: 'ndcg_7' not among"),
     (["strategy=parameter_server"], "strategy: strategy=parameter_server needs its cluster in TF_CONFIG"),

@@ -157,6 +157,34 @@ def test_softmax_label_gain_targets_the_ndcg_gain():
         pytest.approx(build_loss(LossConfig(key="softmax_loss"))(binary, scores).numpy(), rel=1e-6)
 
 
+def test_softmax_equal_list_weights_weigh_every_list_the_same():
+    from ranking_exp.config import LossConfig
+    from ranking_exp.train.pipeline import build_loss
+
+    labels = tf.constant([[2.0, 0.0, 1.0, -1.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, -1.0]])
+    scores = tf.constant([[0.3, -0.2, 0.9, 5.0], [0.1, 0.4, -1.0, 0.2], [0.5, 0.1, 0.2, 0.0]])
+    ce = []  # each list's cross entropy toward its normalized target; the third has no relevant document
+    for y, s in zip(labels.numpy()[:2], scores.numpy()[:2]):
+        valid = y >= 0
+        log_p = tf.nn.log_softmax(s[valid]).numpy()
+        ce.append((y[valid], log_p))
+
+    def expected(gain, weigh):
+        out = 0.0
+        for y, log_p in ce:
+            g = gain(y)
+            out += -np.sum(g / g.sum() * log_p) * weigh(g)
+        return out / 3  # Keras' default reduction: the sum over the batch's lists
+
+    def loss(**kw):
+        return build_loss(LossConfig(key="softmax_loss", **kw))(labels, scores).numpy()
+
+    assert loss() == pytest.approx(expected(lambda y: y, np.sum), rel=1e-5)
+    assert loss(list_weights="equal") == pytest.approx(expected(lambda y: y, lambda g: 1.0), rel=1e-5)
+    assert loss(label_gain="exp2", list_weights="equal") == pytest.approx(
+        expected(lambda y: 2.0 ** y - 1, lambda g: 1.0), rel=1e-5)
+
+
 def test_every_optimizer_and_schedule_builds_with_the_configured_rates():
     from ranking_exp.config import OptimizerConfig, ScheduleConfig
     from ranking_exp.train.optimizer import build_optimizer, learning_rate

@@ -62,11 +62,13 @@ def build_loss(cfg: LossConfig) -> tf.keras.losses.Loss:
     if cfg.temperature is not None:
         kwargs["temperature"] = cfg.temperature
     lambda_weight = None
-    if cfg.label_gain == "exp2":
+    if cfg.label_gain is not None or cfg.list_weights != "label_sum":
         # TF Ranking's softmax loss replaces the labels by a DCG lambda weight's individual weights,
-        # gain(label) * discount(rank): with no discount that is the gain alone.
+        # gain(label) * discount(rank): with no discount that is the gain alone, and normalized by the
+        # ideal DCG (then the sum of the gains) each list's target sums to 1, so every list weighs 1.
         lambda_weight = tfr.keras.losses.DCGLambdaWeight(
-            gain_fn=tfr.keras.utils.pow_minus_1, rank_discount_fn=unit_discount)
+            gain_fn=tfr.keras.utils.pow_minus_1 if cfg.label_gain == "exp2" else tfr.keras.utils.identity,
+            rank_discount_fn=unit_discount, normalized=cfg.list_weights == "equal")
     if cfg.lambda_weight is not None:
         lw_cls = _LAMBDA_WEIGHTS[cfg.lambda_weight]
         lw_kwargs = {}
