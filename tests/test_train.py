@@ -174,7 +174,7 @@ def test_softmax_equal_list_weights_weigh_every_list_the_same():
         for y, log_p in ce:
             g = gain(y)
             out += -np.sum(g / g.sum() * log_p) * weigh(g)
-        return out / 3  # Keras' default reduction: the sum over the batch's lists
+        return out / 3  # Keras' default reduction: the weighted sum over the lists / the batch's 3 lists
 
     def loss(**kw):
         return build_loss(LossConfig(key="softmax_loss", **kw))(labels, scores).numpy()

@@ -53,7 +53,8 @@ _LAMBDA_WEIGHTS = {
 
 @tf.keras.utils.register_keras_serializable(package="ranking_exp")
 def unit_discount(rank):
-    """No rank discount: a lambda weight that is the label's gain alone (``loss.label_gain``)."""
+    """No rank discount: a DCG lambda weight that is the label's gain alone (``loss.label_gain``,
+    ``loss.list_weights``)."""
     return tf.ones_like(rank)
 
 
