@@ -171,6 +171,7 @@ def test_enqueued_trials_run_first_once_per_study(tmp_path):
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     assert trials[0].params == {"scorer.hidden_layer_dims": "[16,8]", "optimizer.learning_rate": 0.0123}
     assert all(t.params != trials[0].params for t in trials[1:])  # not enqueued again by the resumed sweep
+    assert trials[2].params != trials[1].params  # the resumed, seeded sampler did not start its draws over
     job = yaml.safe_load((tmp_path / "multirun/sweep/0/.hydra/config.yaml").read_text())
     assert job["scorer"]["hidden_layer_dims"] == [16, 8] and job["optimizer"]["learning_rate"] == 0.0123
     assert (tmp_path / "multirun/sweep/2/.hydra/config.yaml").exists()  # the resumed job numbered on, not over job 0
@@ -342,3 +343,38 @@ def test_qmc_sampler_proposes_the_same_points_whatever_the_results():
     pruned = proposals(lambda s, t, i: s.tell(t, state=optuna.trial.TrialState.PRUNED if i % 2 else None,
                                              values=None if i % 2 else float(-i)))
     assert completed == pruned and len({p["lr"] for p in completed}) == 8
+
+
+@pytest.mark.parametrize("kind", ["tpe", "random", "cmaes"])
+def test_a_seeded_sampler_never_repeats_draws_across_processes_and_stays_repeatable(tmp_path, kind):
+    """A resumed sweep (a new process, a new sampler object with the same seed) and a second worker on
+    the same study got the first process's random draws again: a seeded Optuna sampler starts its stream
+    over. Seeded by trial number, every trial gets its own draws, and the same sweep the same ones."""
+    from hydra_plugins.ranking_exp_sweeper.config import SamplerConfig
+    from hydra_plugins.ranking_exp_sweeper.factories import make_sampler
+
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+             "dropout": optuna.distributions.FloatDistribution(0.0, 0.5)}
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def sweep_in_three_processes(name: str) -> list[tuple]:
+        url = f"sqlite:///{tmp_path / (name + '.db')}"
+        config = SamplerConfig(kind=kind, seed=0, n_startup_trials=10)  # tpe: every trial here a startup draw
+
+        def process():  # what a new sweeper process opens: the stored study, a new sampler
+            return optuna.create_study(study_name=name, storage=url, direction="maximize", load_if_exists=True,
+                                       sampler=make_sampler(config, space))
+        first = process()
+        for _ in range(3):
+            trial = first.ask(space)
+            first.tell(trial, trial.params["dropout"])
+        resumed, second_worker = process(), process()
+        for _ in range(2):
+            for study in (resumed, second_worker):
+                trial = study.ask(space)
+                study.tell(trial, trial.params["dropout"])
+        return [tuple(sorted(t.params.items())) for t in first.get_trials()]
+
+    proposals = sweep_in_three_processes("a")
+    assert len(proposals) == 7 and len(set(proposals)) == 7, proposals
+    assert sweep_in_three_processes("b") == proposals
