@@ -49,7 +49,7 @@ MQ2008 = Path(os.environ.get("RANKING_EXP_MQ2008", REPO.parent / "shared" / "dat
 OUT = Path(__file__).parent / "results" / "mq2008_compare.json"
 METRICS = ("ndcg_1", "ndcg_3", "ndcg_5", "ndcg_10", "map", "mrr")
 FOLDS = [f"Fold{i}" for i in range(1, 6)]
-DEFAULT_SEED = 42  # conf/config.yaml's seed: members 42.. are the config's own seed set
+DEFAULT_SEED = int(OmegaConf.load(REPO / "conf" / "config.yaml").seed)  # members 42.. are the config's own seed set
 COMMON = ["dataset.progress=false", "train.verbose=0", "metrics.convention=standard"]
 
 
@@ -148,6 +148,19 @@ def seed_set_row(row: str, first_seed: int, default_seed: int, size: int) -> str
     return row if first_seed == default_seed else f"{row}_seeds{first_seed}_{first_seed + size - 1}"
 
 
+def neural_rows(work: Path, data: Path, row: str, seed_sets: list[int], overrides: list[str]) -> dict:
+    """One row per seed set, then (with two or more) the ``_estimate`` row, their mean per fold and metric."""
+    size, rows = ensemble_size(overrides), {}
+    for first in seed_sets:
+        name = seed_set_row(row, first, DEFAULT_SEED, size)
+        rows[name] = with_means(cross_validate(work, data, ["+experiment=mq2008_best", *overrides, f"seed={first}"]))
+        _report(name, rows[name])
+    if len(rows) > 1:
+        rows[f"{row}_estimate"] = {"from": list(rows), **mean_of_rows(list(rows.values()))}
+        _report(f"{row}_estimate", rows[f"{row}_estimate"])
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", default=str(MQ2008))
@@ -176,23 +189,14 @@ def main() -> None:
         refit = [REFIT] if a.refit else []
         for name in a.only:
             row = name + ("_refit" if a.refit else "")
+            if name == "neural":
+                results.update(neural_rows(work, data, row, a.seed_sets, [*refit, *a.neural_overrides]))
+                continue
             if name == "lightgbm_defaults":
                 results[row] = with_means(cross_validate(work, data, ["scorer=lightgbm", "train.threads=1",
                                                                       "tracking.log_model=false", *refit]))
-            elif name == "lightgbm_tuned":
-                results[row] = with_means(lightgbm_tuned(work, data, a.lightgbm_trials, refit=a.refit))
             else:
-                size, rows = ensemble_size(a.neural_overrides), []
-                for first in a.seed_sets:
-                    rows.append(seed_set_row(row, first, DEFAULT_SEED, size))
-                    results[rows[-1]] = with_means(cross_validate(work, data, ["+experiment=mq2008_best", *refit,
-                                                                               *a.neural_overrides, f"seed={first}"]))
-                    _report(rows[-1], results[rows[-1]])
-                if len(rows) > 1:
-                    row = f"{row}_estimate"
-                    results[row] = {"from": rows, **mean_of_rows([results[r] for r in rows])}
-                else:
-                    continue
+                results[row] = with_means(lightgbm_tuned(work, data, a.lightgbm_trials, refit=a.refit))
             _report(row, results[row])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"data": str(data), "convention": "standard", "results": results}, indent=2) + "\n")
