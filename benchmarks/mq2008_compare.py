@@ -49,7 +49,7 @@ MQ2008 = Path(os.environ.get("RANKING_EXP_MQ2008", REPO.parent / "shared" / "dat
 OUT = Path(__file__).parent / "results" / "mq2008_compare.json"
 METRICS = ("ndcg_1", "ndcg_3", "ndcg_5", "ndcg_10", "map", "mrr")
 FOLDS = [f"Fold{i}" for i in range(1, 6)]
-DEFAULT_SEED = int(OmegaConf.load(REPO / "conf" / "config.yaml").seed)  # members 42.. are the config's own seed set
+DEFAULT_SEED = int(OmegaConf.load(REPO / "conf" / "config.yaml").seed)  # members SEED.. are the config's own seed set
 COMMON = ["dataset.progress=false", "train.verbose=0", "metrics.convention=standard"]
 
 
