@@ -127,3 +127,22 @@ def test_experiment_configs_compose_on_any_fold(tmp_path, name):
         # The cosine decays over the whole run (12 epochs of ceil(471 MQ2008 training lists / 16) =
         # 360 steps; 480 when refit on train + vali's 628 lists).
         assert (run.optimizer.schedule.kind, run.optimizer.schedule.decay_steps) == ("cosine", "auto")
+
+
+def test_mq2008_best_is_the_configuration_its_confirmation_sweep_judged(tmp_path):
+    """``mq2008_best`` must train what ``sweeps/mq2008_dasalc_confirm.yaml`` confirmed (its last enqueued
+    trial): the model, loss, optimizer and schedule, batch, epochs and ensemble size, so that the
+    README's test estimate belongs to the configuration chosen on vali. Only how the sweep ran differs
+    (threads, seeds, the epoch it exported, folds)."""
+    from omegaconf import OmegaConf
+
+    from tests.helpers import compose_run
+
+    sweep = OmegaConf.load(REPO / "sweeps" / "mq2008_dasalc_confirm.yaml")
+    candidate = [f"{k}={v}" for k, v in sweep.hydra.sweeper.enqueue_trials[-1].items()]
+    judged, _ = compose_run(tmp_path / "sweep", ["+sweep=mq2008_dasalc_confirm", *candidate])
+    best, _ = compose_run(tmp_path / "best", ["+experiment=mq2008_best"])
+    for part in ("scorer", "loss", "optimizer"):
+        assert getattr(best, part) == getattr(judged, part), part
+    assert (best.train.batch_size, best.train.epochs) == (judged.train.batch_size, judged.train.epochs)
+    assert best.ensemble.seeds == judged.ensemble.seeds == 9
