@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired_compare import MQ2008, collect, file_scores, per_query  # noqa: E402
+from paired_compare import MQ2008, collect, file_scores, per_query, split_file  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "blend_screen.json"
 METRICS = ["ndcg_10", "ndcg_5"]
@@ -75,7 +75,7 @@ def lightgbm_vali_scores(fold: Path, indices: list[int], params: dict, trees: li
     from ranking_exp.data.letor import read_letor
 
     def arrays(name):
-        queries = [q for q in read_letor(fold / f"{name}.txt.gz")]
+        queries = [q for q in read_letor(split_file(fold, name))]
         return (np.concatenate([q.dense(indices)[0] for q in queries]), np.concatenate([q.labels for q in queries]),
                 [q.num_docs for q in queries])
 
@@ -115,7 +115,7 @@ def main() -> None:
     params = lightgbm_params(a.seed)
     per_fold: dict[str, dict[str, dict[str, float]]] = {}
     for fold in sorted(folds["neural"]):
-        vali = data / fold / "vali.txt.gz"
+        vali = split_file(data / fold, "vali")
         labels, neural = file_scores(Path(folds["neural"][fold][0]["model_dir"]), vali)
         scores = {"neural": neural}
         if "with" in folds:

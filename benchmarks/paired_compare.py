@@ -47,7 +47,13 @@ def fold_runs(path: Path) -> dict[str, dict]:
         folds = json.loads((path / "cv_results.json").read_text())["folds"]
         return {name: json.loads((Path(f["output_dir"]) / "results.json").read_text()) for name, f in folds.items()}
     if (path / "results.json").is_file():
-        fold = Path(str(OmegaConf.load(path / ".hydra" / "config.yaml").dataset.path)).name
+        config = path / ".hydra" / "config.yaml"
+        if config.is_file():  # a single run: its fold is its dataset.path's folder
+            fold = Path(str(OmegaConf.load(config).dataset.path)).name
+        elif (path.parent / "cv_results.json").is_file():  # one fold of a cross-validation
+            fold = path.name
+        else:
+            sys.exit(f"error: {path}: no .hydra/config.yaml to tell which fold it ran on")
         return {fold: json.loads((path / "results.json").read_text())}
     sys.exit(f"error: {path}: neither cv_results.json nor results.json (not a finished run dir)")
 
@@ -62,6 +68,14 @@ def collect(paths: list[str]) -> dict[str, list[dict]]:
     if len(counts) != 1:
         sys.exit(f"error: {paths}: the runs cover different folds ({ {k: len(v) for k, v in sorted(out.items())} })")
     return out
+
+
+def split_file(fold_dir: Path, split: str) -> Path:
+    """A fold's ``split`` file: LETOR ships ``.txt``; the shared copy is gzipped."""
+    for name in (f"{split}.txt.gz", f"{split}.txt"):
+        if (fold_dir / name).is_file():
+            return fold_dir / name
+    sys.exit(f"error: {fold_dir}: no {split}.txt or {split}.txt.gz")
 
 
 def file_scores(model_dir: Path, letor_file: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -120,7 +134,7 @@ def ranker_values(runs: dict[str, list[dict]], data: Path, names: list[str]) -> 
     for fold, results in sorted(runs.items()):
         per_run = []
         for r in results:
-            labels, scores = file_scores(Path(r["model_dir"]), data / fold / "test.txt.gz")
+            labels, scores = file_scores(Path(r["model_dir"]), split_file(data / fold, "test"))
             per_run.append(per_query(labels, scores, names, seed=0))
         values[fold] = {n: np.mean([v[n] for v in per_run], axis=0) for n in names}
         drift[fold] = {n: max(abs(float(v[n].mean()) - r["metrics"][f"test_{n}"]) for v, r in zip(per_run, results))
