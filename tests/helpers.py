@@ -47,3 +47,13 @@ def run_cli(args: list[str], cwd: Path, module: str = "ranking_exp", timeout: in
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def load_benchmark(script: Path):
+    """A ``benchmarks/`` script imported as a module (they are scripts, not a package), to test its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{script.stem}_bench", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

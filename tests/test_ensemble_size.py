@@ -2,24 +2,20 @@
 the first k members it evaluates is the one ranking_exp exports (real TensorFlow, tiny LETOR folds)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, load_benchmark
 from tests.test_lightgbm_cv import write_letor_folds
 
 SCRIPT = REPO / "benchmarks" / "ensemble_size.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("ensemble_size_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(SCRIPT)
 
 
 def test_the_size_with_the_best_mean_validation_ndcg_is_chosen_the_smaller_on_a_tie():

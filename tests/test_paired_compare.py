@@ -3,7 +3,6 @@ exports (tiny LETOR folds, real TensorFlow and LightGBM runs), and the statistic
 claim: a ranker against itself differs by nothing, a steady lead is significant, folds weigh alike."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, run_cli, load_benchmark
 from tests.test_lightgbm_cv import write_letor_folds
 
 SCRIPT = REPO / "benchmarks" / "paired_compare.py"
@@ -20,10 +19,7 @@ BLEND = REPO / "benchmarks" / "blend_screen.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("paired_compare_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(SCRIPT)
 
 
 def _ranker(per_fold: list[np.ndarray]) -> dict:

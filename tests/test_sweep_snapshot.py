@@ -3,24 +3,20 @@ members', not another study's), and a per-fold mean that is not the trial's valu
 Optuna and MLflow sqlite stores, filled the way the sweeper and ranking_exp/cv.py tag their runs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import REPO
+from tests.helpers import REPO, load_benchmark
 
 SCRIPT = REPO / "benchmarks" / "sweep_snapshot.py"
 FOLDS = {0: {"Fold1": 0.70, "Fold2": 0.60}, 1: {"Fold1": 0.72, "Fold2": 0.59}, 2: {"Fold1": 0.75, "Fold2": 0.65}}
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("sweep_snapshot_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(SCRIPT)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from ranking_exp.experiment import run_training
 from ranking_exp.model.packing import PADDING_SCORE, PackedScorer, pack
-from tests.helpers import REPO, compose_run, tiny
+from tests.helpers import REPO, compose_run, tiny, load_benchmark
 
 
 def _model(scorer, num_features=3):
@@ -183,12 +183,7 @@ def test_throughput_benchmark_smoke_run_writes_its_results(tmp_path):
 
 
 def _throughput_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("throughput_bench", REPO / "benchmarks" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark(REPO / "benchmarks" / "throughput.py")
 
 
 def test_ndcg_comparison_tells_noise_from_a_real_difference():
