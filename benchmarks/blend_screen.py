@@ -112,6 +112,9 @@ def main() -> None:
     for run_dir in runs.values():
         trained_on_train_only(run_dir)
     folds = {name: collect([str(d)]) for name, d in runs.items()}
+    from ranking_exp.data.spec import FeatureSpec
+    from ranking_exp.predict import letor_feature_indices
+
     params = lightgbm_params(a.seed)
     per_fold: dict[str, dict[str, dict[str, float]]] = {}
     for fold in sorted(folds["neural"]):
@@ -121,9 +124,7 @@ def main() -> None:
         if "with" in folds:
             scores["with"] = file_scores(Path(folds["with"][fold][0]["model_dir"]), vali)[1]
             scores["neural+with"] = [(x + y) / 2 for x, y in zip(neural, scores["with"])]
-        from ranking_exp.data.spec import FeatureSpec
-
-        indices = [int(n[1:]) for n in FeatureSpec.load(Path(folds["neural"][fold][0]["model_dir"])).example_names]
+        indices = letor_feature_indices(FeatureSpec.load(Path(folds["neural"][fold][0]["model_dir"])))
         trees = lightgbm_vali_scores(data / fold, indices, params, a.trees, a.early_stopping)
         scores.update(trees)
         for base in [b for b in ("neural", "neural+with") if b in scores]:

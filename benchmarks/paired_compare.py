@@ -91,8 +91,9 @@ def file_scores(model_dir: Path, letor_file: Path) -> tuple[list[np.ndarray], li
     if booster_file.is_file():  # scorer=lightgbm: columns are the spec's features in order (no context in LETOR)
         import lightgbm as lgb
 
-        booster = lgb.Booster(model_file=str(booster_file))
-        indices = [int(n[1:]) for n in spec.example_names]
+        from ranking_exp.predict import letor_feature_indices
+
+        booster, indices = lgb.Booster(model_file=str(booster_file)), letor_feature_indices(spec)
         return labels, [booster.predict(q.dense(indices)[0]) for q in queries]
     from ranking_exp.config import MetricsConfig
     from ranking_exp.predict import predict_file
@@ -130,7 +131,8 @@ def per_query(labels: list[np.ndarray], scores: list[np.ndarray], names: list[st
 
 def ties_broken(labels: list[np.ndarray], scores: list[np.ndarray], best: bool) -> list[np.ndarray]:
     """Scores whose ties are broken in the labels' favour (``best``) or against them, order kept
-    otherwise: each score's dense rank plus or minus 0.1 x its label (labels 0-2 stay below 1)."""
+    otherwise: each score's dense rank plus or minus 0.1 x label / (max label + 1), always under 0.1,
+    so distinct scores (a rank apart) never swap."""
     out = []
     for y, s in zip(labels, scores):
         ranks = np.unique(np.asarray(s, np.float32), return_inverse=True)[1].astype(np.float64)

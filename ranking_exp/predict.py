@@ -39,6 +39,17 @@ ConfigStore.instance().store(name="predict_schema", node=PredictConfig)
 _LETOR_NAME = re.compile(r"^f([1-9][0-9]*)$")
 
 
+def letor_feature_indices(spec) -> list[int]:
+    """The LETOR feature index of each of a model's example features (``f7`` -> 7), in the spec's order."""
+    indices = []
+    for name in spec.example_names:
+        m = _LETOR_NAME.match(name)
+        if not m:
+            raise ConfigError(f"model: its feature {name!r} is not a LETOR feature index; it cannot score LETOR files")
+        indices.append(int(m.group(1)))
+    return indices
+
+
 def resolve_model(model: str, tracking_uri: str, workdir: str) -> Path:
     """A local SavedModel directory holding feature_spec.json."""
     path = Path(expand_path(model))
@@ -66,12 +77,7 @@ def predict_file(model_dir: Path, input_path: Path, output_path: Path, batch_siz
     from ranking_exp.metrics import evaluate_lists
 
     spec = FeatureSpec.load(model_dir)
-    indices = []
-    for name in spec.example_names:
-        m = _LETOR_NAME.match(name)
-        if not m:
-            raise ConfigError(f"model: its feature {name!r} is not a LETOR feature index; it cannot score LETOR files")
-        indices.append(int(m.group(1)))
+    indices = letor_feature_indices(spec)
     if spec.context:
         raise ConfigError("model: it takes context features, which LETOR files do not have")
     fn = tf.saved_model.load(str(model_dir)).signatures["serving_features"]
