@@ -158,12 +158,12 @@ def mean_of_rows(rows: list[dict]) -> dict:
                        "wall_seconds": round(sum(r["wall_seconds"] for r in rows), 1), "folds": folds})
 
 
-def ensemble_size(overrides: list[str]) -> int:
-    """The neural run's ensemble size: an ``ensemble.seeds=N`` override, else mq2008_best's."""
+def ensemble_size(overrides: list[str], experiment: str = "mq2008_best") -> int:
+    """The neural run's ensemble size: an ``ensemble.seeds=N`` override, else the experiment's."""
     for o in reversed(overrides):
         if o.startswith("ensemble.seeds="):
             return int(o.split("=", 1)[1])
-    return int(OmegaConf.load(REPO / "conf" / "experiment" / "mq2008_best.yaml").ensemble.seeds)
+    return int(OmegaConf.load(REPO / "conf" / "experiment" / f"{experiment}.yaml").ensemble.seeds)
 
 
 def seed_set_row(row: str, first_seed: int, default_seed: int, size: int) -> str:

@@ -63,7 +63,10 @@ def load_record(path: Path) -> list[dict]:
 
 def incumbent_values(experiment: str, keys: list[str]) -> dict:
     """The base experiment's own values for the swept keys (``None`` where it leaves one to the defaults)."""
-    cfg = OmegaConf.load(compare.REPO / "conf" / "experiment" / f"{experiment}.yaml")
+    path = compare.REPO / "conf" / "experiment" / f"{experiment}.yaml"
+    if not path.is_file():
+        sys.exit(f"error: --experiment {experiment}: no {path.relative_to(compare.REPO)}")
+    cfg = OmegaConf.load(path)
     return {k: OmegaConf.select(cfg, k) for k in keys}
 
 
@@ -83,7 +86,7 @@ def train_fold(work: Path, data: Path, fold: str, overrides: list[str]) -> dict:
 def nested_row(work: Path, data: Path, chosen: dict, experiment: str, first_seed: int, extra: list[str]) -> dict:
     folds, wall = {}, 0.0
     for fold, c in chosen.items():
-        params = [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in c["params"].items()]
+        params = [f"{k}={v}" for k, v in c["params"].items()]  # str(float) is its shortest exact repr
         r = train_fold(work, data, fold, [f"+experiment={experiment}", *extra, *params, f"seed={first_seed}"])
         wall += r["wall_seconds"]
         folds[fold] = {"test": r["test"], "vali": r["vali"], "trial": c["trial"], "run_dir": r["run_dir"],
@@ -109,6 +112,8 @@ def main() -> None:
     p.add_argument("--out", default=str(compare.OUT))
     p.add_argument("--dry-run", action="store_true", help="print the per-fold choices and train nothing")
     a = p.parse_args()
+    if any(o.startswith("seed=") for o in a.overrides):
+        sys.exit("error: --overrides: pass the ensemble's seeds as --seed-sets FIRST [FIRST ...], not seed=")
     record = Path(a.record)
     trials = load_record(record)
     folds = a.folds or sorted({f for t in trials for f in (t.get("per_fold") or {})})
@@ -120,7 +125,6 @@ def main() -> None:
     print(f"{'fold':<6} {'trial':>5} {'vali (sweep)':>13}  values")
     for fold, c in chosen.items():
         same = all(incumbent.get(k) == v for k, v in c["params"].items())
-        c["same_as_experiment"] = same
         values = f"= {a.experiment}" if same else ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                            for k, v in c["params"].items())
         print(f"{fold:<6} {c['trial']:>5} {c['vali_in_sweep']:>13.4f}  {values}  (best of {c['candidates']})")
@@ -133,10 +137,8 @@ def main() -> None:
     out = Path(a.out)
     previous = json.loads(out.read_text()) if out.exists() else {"data": str(data), "convention": "standard", "results": {}}
     row = ROW + ("_refit" if a.refit else "")
-    if any(o.startswith("seed=") for o in a.overrides):
-        sys.exit("error: --overrides: pass the ensemble's seeds as --seed-sets FIRST [FIRST ...], not seed=")
     extra = [*([compare.REFIT] if a.refit else []), *a.overrides]
-    size = compare.ensemble_size(a.overrides)
+    size = compare.ensemble_size(a.overrides, a.experiment)
     rows = {}
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(a.workdir or scratch).resolve()
