@@ -17,9 +17,13 @@ Which export of each member (``--members``):
   the same validation lists, so its score there is optimistic, and most so for one member: averaging
   members dilutes the noise each one was chosen for. Comparing sizes this way favours small ones.
 
+``--blocks K`` also scores the disjoint K-member ensembles of the same run (members 1..K, K+1..2K, ...:
+what separate seed sets of K score) and compares their mean with the full ensemble's: whether pooling
+seed sets into one larger ensemble beats averaging their metrics, on the same members.
+
 Writes benchmarks/results/ensemble_size.json and prints mean validation NDCG@5/NDCG@10 per k.
 Usage: python benchmarks/ensemble_size.py [--data ../shared/data/MQ2008] [--experiment mq2008_best] [--seeds 10]
-       [--workdir DIR] [--run-dir DIR] [--members last|best] [--overrides k=v ...]
+       [--workdir DIR] [--run-dir DIR] [--members last|best] [--blocks K] [--overrides k=v ...]
 """
 from __future__ import annotations
 
@@ -101,6 +105,13 @@ def prefix_metrics(run, labels: list[np.ndarray], scores: list[list[np.ndarray]]
     return out
 
 
+def block_metrics(run, labels: list[np.ndarray], scores: list[list[np.ndarray]], size: int) -> list[dict[str, float]]:
+    """Validation metrics of each disjoint ``size``-member ensemble, in seed order (members 1..size,
+    size+1..2*size, ...): what separate seed sets of that size score, from the same members."""
+    blocks = [scores[i:i + size] for i in range(0, len(scores) - size + 1, size)]
+    return [prefix_metrics(run, labels, block)[-1] for block in blocks]
+
+
 def choose(per_size: list[dict[str, float]]) -> int:
     """The ensemble size (1-based) with the highest mean validation NDCG@10; the smaller on a tie."""
     best = max(r[MONITOR] for r in per_size)
@@ -117,8 +128,13 @@ def main() -> None:
     p.add_argument("--members", choices=["last", "best"], default="last",
                    help="each member's last epoch (default: nothing chosen on vali) or its best-by-vali one")
     p.add_argument("--overrides", nargs="*", default=[], help="extra overrides for the training run")
+    p.add_argument("--blocks", type=int, default=None,
+                   help="also score the disjoint ensembles of this many members (seeds 42-50, 51-59, ... for 9) "
+                        "and compare their mean with the full ensemble's")
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args()
+    if a.blocks is not None and not 1 <= a.blocks <= a.seeds // 2 and not a.run_dir:
+        sys.exit(f"error: --blocks {a.blocks}: must be between 1 and half of --seeds ({a.seeds})")
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
@@ -147,11 +163,16 @@ def main() -> None:
         data_root = Path(root.dataset.path)  # a relative path is the launch directory's
         if not data_root.is_absolute():
             data_root = Path(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd) / data_root
-        per_fold, recorded = {}, {}
+        per_fold, recorded, per_block = {}, {}, {}
         for name, fold in cv["folds"].items():
             cfg = fold_config(root, data_root / name, fold["output_dir"])
             run, labels, scores, recorded[name] = vali_scores(cfg, a.members)
             per_fold[name] = prefix_metrics(run, labels, scores)
+            if a.blocks:
+                if not 1 <= a.blocks <= len(scores) // 2:
+                    sys.exit(f"error: --blocks {a.blocks}: the run has {len(scores)} members per fold, "
+                             f"too few for two blocks of {a.blocks}")
+                per_block[name] = block_metrics(run, labels, scores, a.blocks)
             print(f"{name}: vali {MONITOR} by size " + " ".join(f"{r[MONITOR]:.4f}" for r in per_fold[name]), flush=True)
     sizes = len(next(iter(per_fold.values())))
     mean = [{m: float(np.mean([f[k][m] for f in per_fold.values()])) for m in per_fold[next(iter(per_fold))][k]}
@@ -164,12 +185,25 @@ def main() -> None:
               "chosen_size": chosen, "mean_vali": mean, "vali_by_fold": per_fold,
               "full_ensemble_vs_its_export_max_abs_diff": drift, "wall_seconds": round(time.time() - started, 1),
               "train_seconds": round(train_seconds, 1)}
+    if per_block:
+        n = len(next(iter(per_block.values())))
+        block_means = [{m: float(np.mean([f[b][m] for f in per_block.values()])) for m in mean[-1]} for b in range(n)]
+        of_blocks = {m: float(np.mean([b[m] for b in block_means])) for m in mean[-1]}
+        result["blocks"] = {"size": a.blocks, "mean_vali_by_block": block_means, "mean_of_blocks": of_blocks,
+                            "vali_by_fold": per_block, "full_ensemble": mean[-1],
+                            "full_minus_blocks": {m: mean[-1][m] - of_blocks[m] for m in of_blocks}}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{'size':>4} {'vali NDCG@5':>12} {'vali NDCG@10':>13}   (means over {len(per_fold)} folds)")
     for k, r in enumerate(mean, 1):
         print(f"{k:>4} {r['ndcg_5']:>12.4f} {r[MONITOR]:>13.4f}" + ("   <- chosen" if k == chosen else ""))
+    if per_block:
+        b = result["blocks"]
+        print(f"disjoint {a.blocks}-member ensembles: vali {MONITOR} " +
+              " ".join(f"{r[MONITOR]:.4f}" for r in b["mean_vali_by_block"]) +
+              f", their mean {b['mean_of_blocks'][MONITOR]:.4f}; the {sizes}-member ensemble {mean[-1][MONITOR]:.4f} "
+              f"({b['full_minus_blocks'][MONITOR]:+.4f})")
     print(f"(members' {a.members} epoch" + ("" if drift is None else
           f"; the {sizes}-member ensemble here vs its own export's recorded vali {MONITOR}: max |diff| {drift:.1e}") + ")")
 

@@ -26,17 +26,20 @@ The neural ranker is an ensemble of seeds, and one seed set is noisy: two disjoi
 one configuration differ by 0.002 in the five-fold test mean. So it trains once per seed set
 (``--seed-sets``, default 42 and 51: members 42-50 and 51-59 with ``mq2008_best``'s 9 seeds): row
 ``neural`` for the first set, ``neural_seeds51_59`` for the next, and ``neural_estimate``, their mean
-per fold and metric, which is the number that stands for the configuration.
+per fold and metric, which is the number that stands for the configuration. ``--neural-row NAME`` names
+the neural rows otherwise (``NAME``, ``NAME_seeds51_59``, ``NAME_estimate``), so that a candidate (another
+ensemble size, say) lands beside the incumbent's rows instead of over them.
 
 Usage: python benchmarks/mq2008_compare.py [--data ../shared/data/MQ2008] [--workdir DIR]
        [--lightgbm-trials 24] [--only lightgbm_defaults lightgbm_tuned neural] [--neural-overrides k=v ...]
-       [--seed-sets 42 51] [--lightgbm-sampler-seeds 0 1] [--refit]
+       [--seed-sets 42 51] [--neural-row neural] [--lightgbm-sampler-seeds 0 1] [--refit]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -171,6 +174,12 @@ def seed_set_row(row: str, first_seed: int, default_seed: int, size: int) -> str
     return row if first_seed == default_seed else f"{row}_seeds{first_seed}_{first_seed + size - 1}"
 
 
+def row_name(name: str, neural_row: str, refit: bool) -> str:
+    """A ranker's row: ``neural_row`` names the neural ranker's rows (another ensemble size or configuration
+    beside the incumbent's, without overwriting it), and a refit adds ``_refit``."""
+    return (neural_row if name == "neural" else name) + ("_refit" if refit else "")
+
+
 def neural_rows(work: Path, data: Path, row: str, seed_sets: list[int], overrides: list[str]) -> dict:
     """One row per seed set, then (with two or more) the ``_estimate`` row, their mean per fold and metric."""
     size, rows = ensemble_size(overrides), {}
@@ -192,6 +201,8 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=["lightgbm_defaults", "lightgbm_tuned", "neural"],
                    choices=["lightgbm_defaults", "lightgbm_tuned", "neural"])
     p.add_argument("--neural-overrides", nargs="*", default=[], help="extra overrides for the neural run")
+    p.add_argument("--neural-row", default="neural",
+                   help="name of the neural ranker's rows (default neural: the incumbent's; another name keeps them)")
     p.add_argument("--seed-sets", nargs="+", type=int, default=[DEFAULT_SEED, 51],
                    help="first seed of each seed set the neural ensemble trains with; their mean is the _estimate row")
     p.add_argument("--lightgbm-sampler-seeds", nargs="+", type=int, default=[0, 1],
@@ -202,6 +213,8 @@ def main() -> None:
     a = p.parse_args()
     if any(o.startswith("seed=") for o in a.neural_overrides):
         sys.exit("--neural-overrides: pass the neural ensemble's seeds as --seed-sets FIRST [FIRST ...], not seed=")
+    if not re.fullmatch(r"neural[a-z0-9_]*", a.neural_row):
+        sys.exit(f"--neural-row {a.neural_row!r}: must start with 'neural' and hold only a-z, 0-9 and _")
     data = Path(a.data).resolve()
     if not (data / "Fold1").is_dir():
         sys.exit(f"MQ2008 not found at {data} (pass --data or set RANKING_EXP_MQ2008)")
@@ -213,7 +226,7 @@ def main() -> None:
         results = dict(previous)  # --only reruns some rows and keeps the others
         refit = [REFIT] if a.refit else []
         for name in a.only:
-            row = name + ("_refit" if a.refit else "")
+            row = row_name(name, a.neural_row, a.refit)
             if name == "neural":
                 results.update(neural_rows(work, data, row, a.seed_sets, [*refit, *a.neural_overrides]))
                 continue

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, load_benchmark
 from tests.test_lightgbm_cv import write_letor_folds
 
 SCRIPT = REPO / "benchmarks" / "mq2008_compare.py"
@@ -21,29 +21,49 @@ def test_a_seed_override_is_refused_in_favour_of_seed_sets(tmp_path):
     assert not (tmp_path / "out.json").exists()
 
 
+def test_rows_are_named_by_ranker_and_refit_and_neural_row_renames_only_the_neural_ones():
+    row_name = load_benchmark(SCRIPT).row_name
+    assert row_name("neural", "neural", False) == "neural"
+    assert row_name("neural", "neural", True) == "neural_refit"
+    assert row_name("neural", "neural18", True) == "neural18_refit"
+    assert row_name("lightgbm_tuned", "neural18", True) == "lightgbm_tuned_refit"
+
+
+def test_a_neural_row_that_is_not_a_neural_name_is_refused_before_anything_runs(tmp_path):
+    r = subprocess.run([sys.executable, str(SCRIPT), "--only", "neural", "--neural-row", "lightgbm_tuned",
+                        "--out", str(tmp_path / "out.json")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "--neural-row 'lightgbm_tuned'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
 @pytest.mark.slow
 def test_each_seed_set_is_a_row_and_the_estimate_is_their_mean(tmp_path):
     data = write_letor_folds(tmp_path / "letor", folds=("Fold1", "Fold2"))
     out, work = tmp_path / "compare.json", tmp_path / "work"
+    incumbent = {"test_mean": {m: 0.5 for m in ("ndcg_1", "ndcg_3", "ndcg_5", "ndcg_10")},
+                 "folds": {f: {"test": {"ndcg_10": 0.5}} for f in ("Fold1", "Fold2")}}
+    out.write_text(json.dumps({"results": {"neural": incumbent}}))  # the incumbent's row, from an earlier run
     r = subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--workdir", str(work), "--out", str(out),
-                        "--only", "neural", "--seed-sets", "42", "7", "--neural-overrides", "ensemble.seeds=2",
+                        "--only", "neural", "--seed-sets", "42", "7", "--neural-row", "neural2",
+                        "--neural-overrides", "ensemble.seeds=2",
                         "scorer.hidden_layer_dims=[8]", "train.epochs=2", "train.batch_size=8", "tracking.log_model=false"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
-    assert list(rows) == ["neural", "neural_seeds7_8", "neural_estimate"]
-    assert rows["neural_estimate"]["from"] == ["neural", "neural_seeds7_8"]
+    # --neural-row: the new rows land beside the incumbent's, which is kept as it was.
+    assert list(rows) == ["neural", "neural2", "neural2_seeds7_8", "neural2_estimate"] and rows["neural"] == incumbent
+    assert rows["neural2_estimate"]["from"] == ["neural2", "neural2_seeds7_8"]
     # Each set trained its own members: 42-43 for the config's seed, 7-8 for the other.
     members = sorted(p.name for p in work.glob("outputs/*/*/Fold1/seed_*"))
     assert members == ["seed_42", "seed_43", "seed_7", "seed_8"], members
-    first, second, estimate = rows["neural"], rows["neural_seeds7_8"], rows["neural_estimate"]
+    first, second, estimate = rows["neural2"], rows["neural2_seeds7_8"], rows["neural2_estimate"]
     assert first["folds"]["Fold1"]["test"] != second["folds"]["Fold1"]["test"]
     for split in ("test", "vali"):
         for m, value in estimate[f"{split}_mean"].items():
             assert value == pytest.approx((first[f"{split}_mean"][m] + second[f"{split}_mean"][m]) / 2)
         assert estimate["folds"]["Fold2"][split]["ndcg_10"] == pytest.approx(
             (first["folds"]["Fold2"][split]["ndcg_10"] + second["folds"]["Fold2"][split]["ndcg_10"]) / 2)
-    assert "neural_estimate" in r.stdout and "Fold2" in r.stdout
+    assert "neural2_estimate" in r.stdout and "Fold2" in r.stdout
 
 
 @pytest.mark.slow
