@@ -24,15 +24,16 @@ get a ``_refit`` suffix beside the others.
 
 The neural ranker is an ensemble of seeds, and one seed set is noisy: two disjoint 9-seed ensembles of
 one configuration differ by 0.002 in the five-fold test mean. So it trains once per seed set
-(``--seed-sets``, default 42 and 51: members 42-50 and 51-59 with ``mq2008_best``'s 9 seeds): row
-``neural`` for the first set, ``neural_seeds51_59`` for the next, and ``neural_estimate``, their mean
-per fold and metric, which is the number that stands for the configuration. ``--neural-row NAME`` names
-the neural rows otherwise (``NAME``, ``NAME_seeds51_59``, ``NAME_estimate``), so that a candidate (another
-ensemble size, say) lands beside the incumbent's rows instead of over them.
+(``--seed-sets``, default two disjoint sets from seed 42: members 42-59 and 60-77 with ``mq2008_best``'s
+18 seeds, 42-50 and 51-59 with 9; sets that share a member are refused): row ``neural`` for the first
+set, ``neural_seeds60_77`` for the next, and ``neural_estimate``, their mean per fold and metric, which
+is the number that stands for the configuration. ``--neural-row NAME`` names the neural rows otherwise
+(``NAME``, ``NAME_seeds60_77``, ``NAME_estimate``), so that a candidate (another ensemble size, say)
+lands beside the incumbent's rows instead of over them.
 
 Usage: python benchmarks/mq2008_compare.py [--data ../shared/data/MQ2008] [--workdir DIR]
        [--lightgbm-trials 24] [--only lightgbm_defaults lightgbm_tuned neural] [--neural-overrides k=v ...]
-       [--seed-sets 42 51] [--neural-row neural] [--lightgbm-sampler-seeds 0 1] [--refit]
+       [--seed-sets 42 42+SIZE] [--neural-row neural] [--lightgbm-sampler-seeds 0 1] [--refit]
 """
 from __future__ import annotations
 
@@ -180,6 +181,19 @@ def row_name(name: str, neural_row: str, refit: bool) -> str:
     return (neural_row if name == "neural" else name) + ("_refit" if refit else "")
 
 
+def seed_sets(given: list[int] | None, size: int) -> list[int]:
+    """The first seed of each seed set: ``given``, or two disjoint sets from the config's seed (42 and 51
+    for 9 members, 42 and 60 for 18). Sets that share a member are refused: their rows would not be
+    independent draws of the configuration."""
+    firsts = given or [DEFAULT_SEED, DEFAULT_SEED + size]
+    ordered = sorted(firsts)
+    for a, b in zip(ordered, ordered[1:]):
+        if b < a + size:
+            raise ValueError(f"--seed-sets {' '.join(map(str, firsts))}: sets of {size} members overlap "
+                             f"({a}-{a + size - 1} and {b}-{b + size - 1}); start them at least {size} apart")
+    return firsts
+
+
 def neural_rows(work: Path, data: Path, row: str, seed_sets: list[int], overrides: list[str]) -> dict:
     """One row per seed set, then (with two or more) the ``_estimate`` row, their mean per fold and metric."""
     size, rows = ensemble_size(overrides), {}
@@ -203,8 +217,9 @@ def main() -> None:
     p.add_argument("--neural-overrides", nargs="*", default=[], help="extra overrides for the neural run")
     p.add_argument("--neural-row", default="neural",
                    help="name of the neural ranker's rows (default neural: the incumbent's; another name keeps them)")
-    p.add_argument("--seed-sets", nargs="+", type=int, default=[DEFAULT_SEED, 51],
-                   help="first seed of each seed set the neural ensemble trains with; their mean is the _estimate row")
+    p.add_argument("--seed-sets", nargs="+", type=int, default=None,
+                   help="first seed of each seed set the neural ensemble trains with (default: two disjoint sets "
+                        "from the config's seed, 42 and 42 + the ensemble's size); their mean is the _estimate row")
     p.add_argument("--lightgbm-sampler-seeds", nargs="+", type=int, default=[0, 1],
                    help="TPE seed of each tuned-LightGBM sweep (one study per fold and seed); their mean is the _estimate row")
     p.add_argument("--refit", action="store_true",
@@ -213,6 +228,10 @@ def main() -> None:
     a = p.parse_args()
     if any(o.startswith("seed=") for o in a.neural_overrides):
         sys.exit("--neural-overrides: pass the neural ensemble's seeds as --seed-sets FIRST [FIRST ...], not seed=")
+    try:
+        a.seed_sets = seed_sets(a.seed_sets, ensemble_size(a.neural_overrides))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if not re.fullmatch(r"neural[a-z0-9_]*", a.neural_row):
         sys.exit(f"--neural-row {a.neural_row!r}: must start with 'neural' and hold only a-z, 0-9 and _")
     data = Path(a.data).resolve()

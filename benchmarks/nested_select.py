@@ -11,7 +11,7 @@ new sweep: this script reads a sweep's record (``sweep_snapshot.py``'s JSON: eac
 per-fold validation score), chooses for each fold the trial best on that fold (ties: the lower trial
 number), trains that fold with the trial's values on top of the base experiment (``+experiment=``),
 once per seed set, and reads its test metrics. Rows go into ``mq2008_compare.json`` in that script's
-format (``neural_nested[_refit]``, ``..._seeds51_59``, ``..._estimate``), so its table and
+format (``neural_nested[_refit]``, ``..._seeds60_77``, ``..._estimate``), so its table and
 ``paired_compare.py`` (each fold's run dir is kept in the row) take them as they are.
 
 The sweep's trials themselves stay shared by the folds (TPE proposed them from the mean over the
@@ -19,7 +19,7 @@ folds), as does whatever the base experiment fixed before the sweep: the estimat
 the final choice, not of the model's design.
 
 Usage: python benchmarks/nested_select.py --record benchmarks/results/mq2008_dasalc_ens_sweep.json
-       [--experiment mq2008_best] [--seed-sets 42 51] [--refit] [--folds Fold1 ...] [--workdir DIR]
+       [--experiment mq2008_best] [--seed-sets 42 42+SIZE] [--refit] [--folds Fold1 ...] [--workdir DIR]
        [--overrides k=v ...]
        [--data ../shared/data/MQ2008] [--out benchmarks/results/mq2008_compare.json] [--dry-run]
 """
@@ -104,7 +104,8 @@ def main() -> None:
     p.add_argument("--experiment", default="mq2008_best", help="the base experiment the trials' values go on top of")
     p.add_argument("--data", default=str(compare.MQ2008))
     p.add_argument("--folds", nargs="+", default=None, help="default: every fold the record scores")
-    p.add_argument("--seed-sets", nargs="+", type=int, default=[compare.DEFAULT_SEED, 51])
+    p.add_argument("--seed-sets", nargs="+", type=int, default=None,
+                   help="first seed of each seed set (default: two disjoint sets, 42 and 42 + the ensemble's size)")
     p.add_argument("--refit", action="store_true", help=f"train each chosen fold on train + vali ({compare.REFIT})")
     p.add_argument("--overrides", nargs="*", default=[],
                    help="more overrides for every run, on top of the experiment (the trials' values still win)")
@@ -114,6 +115,11 @@ def main() -> None:
     a = p.parse_args()
     if any(o.startswith("seed=") for o in a.overrides):
         sys.exit("error: --overrides: pass the ensemble's seeds as --seed-sets FIRST [FIRST ...], not seed=")
+    incumbent_values(a.experiment, [])  # an unknown --experiment: one line, before anything is read
+    try:
+        a.seed_sets = compare.seed_sets(a.seed_sets, compare.ensemble_size(a.overrides, a.experiment))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     record = Path(a.record)
     trials = load_record(record)
     folds = a.folds or sorted({f for t in trials for f in (t.get("per_fold") or {})})

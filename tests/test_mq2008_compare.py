@@ -36,6 +36,22 @@ def test_a_neural_row_that_is_not_a_neural_name_is_refused_before_anything_runs(
     assert not (tmp_path / "out.json").exists()
 
 
+def test_default_seed_sets_are_two_disjoint_sets_of_the_ensembles_size_and_overlaps_are_refused():
+    seed_sets = load_benchmark(SCRIPT).seed_sets
+    assert seed_sets(None, 9) == [42, 51] and seed_sets(None, 18) == [42, 60]
+    assert seed_sets([7], 2) == [7] and seed_sets([60, 42], 18) == [60, 42]
+    with pytest.raises(ValueError, match="overlap .42-59 and 51-68"):
+        seed_sets([42, 51], 18)
+
+
+def test_overlapping_seed_sets_are_refused_in_one_line_before_anything_runs(tmp_path):
+    r = subprocess.run([sys.executable, str(SCRIPT), "--only", "neural", "--seed-sets", "42", "51",
+                        "--neural-overrides", "ensemble.seeds=18", "--out", str(tmp_path / "out.json")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "overlap" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.json").exists()
+
+
 @pytest.mark.slow
 def test_each_seed_set_is_a_row_and_the_estimate_is_their_mean(tmp_path):
     data = write_letor_folds(tmp_path / "letor", folds=("Fold1", "Fold2"))
