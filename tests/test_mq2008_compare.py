@@ -14,10 +14,15 @@ from tests.test_lightgbm_cv import write_letor_folds
 SCRIPT = REPO / "benchmarks" / "mq2008_compare.py"
 
 
-def test_a_seed_override_is_refused_in_favour_of_seed_sets(tmp_path):
-    r = subprocess.run([sys.executable, str(SCRIPT), "--only", "neural", "--neural-overrides", "seed=51",
-                        "--out", str(tmp_path / "out.json")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "--seed-sets" in r.stderr and "Traceback" not in r.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--neural-overrides", "seed=51"], "as --seed-sets FIRST"),  # seeds go in seed sets, not an override
+    (["--neural-row", "lightgbm_tuned"], "--neural-row 'lightgbm_tuned': must start with 'neural'"),
+    (["--seed-sets", "42", "51", "--neural-overrides", "ensemble.seeds=18"], "sets of 18 members overlap"),
+])
+def test_bad_neural_arguments_are_refused_in_one_line_before_anything_runs(tmp_path, args, message):
+    r = subprocess.run([sys.executable, str(SCRIPT), "--only", "neural", *args, "--out", str(tmp_path / "out.json")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out.json").exists()
 
 
@@ -29,27 +34,12 @@ def test_rows_are_named_by_ranker_and_refit_and_neural_row_renames_only_the_neur
     assert row_name("lightgbm_tuned", "neural18", True) == "lightgbm_tuned_refit"
 
 
-def test_a_neural_row_that_is_not_a_neural_name_is_refused_before_anything_runs(tmp_path):
-    r = subprocess.run([sys.executable, str(SCRIPT), "--only", "neural", "--neural-row", "lightgbm_tuned",
-                        "--out", str(tmp_path / "out.json")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "--neural-row 'lightgbm_tuned'" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "out.json").exists()
-
-
 def test_default_seed_sets_are_two_disjoint_sets_of_the_ensembles_size_and_overlaps_are_refused():
     seed_sets = load_benchmark(SCRIPT).seed_sets
     assert seed_sets(None, 9) == [42, 51] and seed_sets(None, 18) == [42, 60]
     assert seed_sets([7], 2) == [7] and seed_sets([60, 42], 18) == [60, 42]
     with pytest.raises(ValueError, match="overlap .42-59 and 51-68"):
         seed_sets([42, 51], 18)
-
-
-def test_overlapping_seed_sets_are_refused_in_one_line_before_anything_runs(tmp_path):
-    r = subprocess.run([sys.executable, str(SCRIPT), "--only", "neural", "--seed-sets", "42", "51",
-                        "--neural-overrides", "ensemble.seeds=18", "--out", str(tmp_path / "out.json")],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "overlap" in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.json").exists()
 
 
 @pytest.mark.slow
