@@ -87,29 +87,30 @@ def vali_scores(fold_cfg, which: str) -> tuple[object, list[np.ndarray], list[li
     return run, labels, scores, recorded["metrics"]
 
 
-def prefix_metrics(run, labels: list[np.ndarray], scores: list[list[np.ndarray]]) -> list[dict[str, float]]:
-    """Validation metrics of the mean-score ensemble of the first k members, for k = 1..len(scores)."""
+def ensemble_metrics(run, labels: list[np.ndarray], members: list[list[np.ndarray]]) -> dict[str, float]:
+    """Validation metrics of the mean-score ensemble of ``members`` (each member's scores per batch)."""
     import tensorflow as tf
 
     from ranking_exp.metrics import build_metrics
 
-    out = []
-    for k in range(1, len(scores) + 1):
-        tf.keras.utils.set_random_seed(run.seed)  # ties broken at random, as evaluate_export does
-        metrics = build_metrics(run.metrics)
-        for b, y in enumerate(labels):
-            mean = np.mean([member[b] for member in scores[:k]], axis=0)
-            for m in metrics:
-                m.update_state(y, mean)
-        out.append({m.name: float(m.result().numpy()) for m in metrics})
-    return out
+    tf.keras.utils.set_random_seed(run.seed)  # ties broken at random, as evaluate_export does
+    metrics = build_metrics(run.metrics)
+    for b, y in enumerate(labels):
+        mean = np.mean([member[b] for member in members], axis=0)
+        for m in metrics:
+            m.update_state(y, mean)
+    return {m.name: float(m.result().numpy()) for m in metrics}
+
+
+def prefix_metrics(run, labels: list[np.ndarray], scores: list[list[np.ndarray]]) -> list[dict[str, float]]:
+    """Validation metrics of the mean-score ensemble of the first k members, for k = 1..len(scores)."""
+    return [ensemble_metrics(run, labels, scores[:k]) for k in range(1, len(scores) + 1)]
 
 
 def block_metrics(run, labels: list[np.ndarray], scores: list[list[np.ndarray]], size: int) -> list[dict[str, float]]:
     """Validation metrics of each disjoint ``size``-member ensemble, in seed order (members 1..size,
     size+1..2*size, ...): what separate seed sets of that size score, from the same members."""
-    blocks = [scores[i:i + size] for i in range(0, len(scores) - size + 1, size)]
-    return [prefix_metrics(run, labels, block)[-1] for block in blocks]
+    return [ensemble_metrics(run, labels, scores[i:i + size]) for i in range(0, len(scores) - size + 1, size)]
 
 
 def choose(per_size: list[dict[str, float]]) -> int:
@@ -168,7 +169,7 @@ def main() -> None:
             cfg = fold_config(root, data_root / name, fold["output_dir"])
             run, labels, scores, recorded[name] = vali_scores(cfg, a.members)
             per_fold[name] = prefix_metrics(run, labels, scores)
-            if a.blocks:
+            if a.blocks is not None:
                 if not 1 <= a.blocks <= len(scores) // 2:
                     sys.exit(f"error: --blocks {a.blocks}: the run has {len(scores)} members per fold, "
                              f"too few for two blocks of {a.blocks}")

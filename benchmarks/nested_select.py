@@ -61,12 +61,17 @@ def load_record(path: Path) -> list[dict]:
     return trials
 
 
-def incumbent_values(experiment: str, keys: list[str]) -> dict:
-    """The base experiment's own values for the swept keys (``None`` where it leaves one to the defaults)."""
+def experiment_file(experiment: str) -> Path:
+    """The named experiment's config file; an unknown name ends the script in one line."""
     path = compare.REPO / "conf" / "experiment" / f"{experiment}.yaml"
     if not path.is_file():
         sys.exit(f"error: --experiment {experiment}: no {path.relative_to(compare.REPO)}")
-    cfg = OmegaConf.load(path)
+    return path
+
+
+def incumbent_values(experiment: str, keys: list[str]) -> dict:
+    """The base experiment's own values for the swept keys (``None`` where it leaves one to the defaults)."""
+    cfg = OmegaConf.load(experiment_file(experiment))
     return {k: OmegaConf.select(cfg, k) for k in keys}
 
 
@@ -115,7 +120,7 @@ def main() -> None:
     a = p.parse_args()
     if any(o.startswith("seed=") for o in a.overrides):
         sys.exit("error: --overrides: pass the ensemble's seeds as --seed-sets FIRST [FIRST ...], not seed=")
-    incumbent_values(a.experiment, [])  # an unknown --experiment: one line, before anything is read
+    experiment_file(a.experiment)  # an unknown --experiment: one line, before anything is read
     try:
         a.seed_sets = compare.seed_sets(a.seed_sets, compare.ensemble_size(a.overrides, a.experiment))
     except ValueError as e:
