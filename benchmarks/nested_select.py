@@ -18,20 +18,30 @@ The sweep's trials themselves stay shared by the folds (TPE proposed them from t
 folds), as does whatever the base experiment fixed before the sweep: the estimate removes the leak of
 the final choice, not of the model's design.
 
+A choice made earlier with one sweep per fold (each on its own fold only, so not even the proposals
+are shared) comes as one record per fold, ``--record Fold1=A.json Fold2=B.json ...``: each trial's
+value is then that fold's validation score. ``--params`` carries only some of the chosen trial's
+values (the rest stay the experiment's, e.g. where a later choice replaced them), and ``--reuse ROW``
+takes a fold whose choice is the experiment's own values from an earlier row of the same runs
+instead of training it again (training is deterministic on one kind of machine).
+
 Usage: python benchmarks/nested_select.py --record benchmarks/results/mq2008_dasalc_ens_sweep.json
-       [--experiment mq2008_best] [--seed-sets 42 42+SIZE] [--refit] [--folds Fold1 ...] [--workdir DIR]
-       [--overrides k=v ...]
+       [--record Fold1=SWEEP1.json Fold2=SWEEP2.json ...] [--params KEY ...] [--row neural_nested]
+       [--reuse ROW] [--experiment mq2008_best] [--seed-sets 42 42+SIZE] [--refit] [--folds Fold1 ...]
+       [--workdir DIR] [--overrides k=v ...]
        [--data ../shared/data/MQ2008] [--out benchmarks/results/mq2008_compare.json] [--dry-run]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -50,15 +60,58 @@ def choose(trials: list[dict], fold: str) -> dict:
             "candidates": len(scored)}
 
 
-def load_record(path: Path) -> list[dict]:
+def load_record(path: Path, fold: str | None = None) -> list[dict]:
+    """A sweep record's trials. With ``fold``, the record is one fold's own sweep: each complete
+    trial's value becomes its validation score on that fold (and only that fold)."""
     try:
         record = json.loads(path.read_text())
         trials = record["trials"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if fold is not None:
+            trials = [{**t, "per_fold": {fold: t["value"]}} if t.get("state") == "COMPLETE" and t.get("value") is not None
+                      else {**t, "per_fold": {}} for t in trials]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         sys.exit(f"error: {path}: not a sweep record (sweep_snapshot.py's JSON with 'trials'): {e}")
     if not any(t.get("per_fold") for t in trials):
-        sys.exit(f"error: {path}: no trial has per-fold validation scores (was the sweep cross-validated?)")
+        what = "no complete trial has a value" if fold else "no trial has per-fold validation scores (was the sweep cross-validated?)"
+        sys.exit(f"error: {path}: {what}")
     return trials
+
+
+def load_records(specs: list[str]) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """``--record``: one cross-validated record (its trials serve every fold), or ``FOLD=PATH`` per fold
+    (one single-fold sweep each). Returns each fold's trials (key ``None``: every fold) and its record."""
+    per_fold = [s for s in specs if "=" in s]
+    if per_fold and len(per_fold) != len(specs) or not per_fold and len(specs) != 1:
+        sys.exit("error: --record: give one cross-validated record, or FOLD=PATH for each fold (not both)")
+    if not per_fold:
+        return {None: load_record(Path(specs[0]))}, {None: specs[0]}
+    trials, paths = {}, {}
+    for spec in per_fold:
+        fold, path = spec.split("=", 1)
+        if fold in trials:
+            sys.exit(f"error: --record: {fold} given twice")
+        trials[fold], paths[fold] = load_record(Path(path), fold), path
+    return trials, paths
+
+
+def canonical(value):
+    """A value as the override it stands for: Optuna stores a list choice as its string ``[256,128,64]``,
+    the experiment's YAML holds the list itself."""
+    if isinstance(value, str) and value.startswith("["):
+        value = yaml.safe_load(value)
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    return value
+
+
+def carried(params: dict, keys: list[str] | None, where: str) -> dict:
+    """The chosen trial's values that go on top of the experiment: all, or only ``keys``."""
+    if keys is None:
+        return dict(params)
+    missing = [k for k in keys if k not in params]
+    if missing:
+        sys.exit(f"error: --params {' '.join(missing)}: not a parameter of {where} (it has {', '.join(params)})")
+    return {k: params[k] for k in keys}
 
 
 def experiment_file(experiment: str) -> Path:
@@ -88,9 +141,17 @@ def train_fold(work: Path, data: Path, fold: str, overrides: list[str]) -> dict:
             "command": "python -m ranking_exp " + " ".join(args)}
 
 
-def nested_row(work: Path, data: Path, chosen: dict, experiment: str, first_seed: int, extra: list[str]) -> dict:
+def nested_row(work: Path, data: Path, chosen: dict, experiment: str, first_seed: int, extra: list[str],
+               reused: dict | None = None) -> dict:
+    """One seed set's row: each fold trained with its chosen values, or taken from ``reused`` (fold ->
+    an earlier row's fold result) where its choice is the experiment's own values."""
     folds, wall = {}, 0.0
     for fold, c in chosen.items():
+        if reused and fold in reused:
+            folds[fold] = {**reused[fold]["result"], "trial": c["trial"], "reused_from": reused[fold]["row"]}
+            print(f"  {fold} (trial {c['trial']}: {experiment}'s own values): test NDCG@10 "
+                  f"{folds[fold]['test']['ndcg_10']:.4f}, from {reused[fold]['row']}", flush=True)
+            continue
         params = [f"{k}={v}" for k, v in c["params"].items()]  # str(float) is its shortest exact repr
         r = train_fold(work, data, fold, [f"+experiment={experiment}", *extra, *params, f"seed={first_seed}"])
         wall += r["wall_seconds"]
@@ -103,9 +164,28 @@ def nested_row(work: Path, data: Path, chosen: dict, experiment: str, first_seed
                                "chosen": {f: c["trial"] for f, c in chosen.items()}})
 
 
+def reusable(out: Path, row: str, folds: list[str]) -> dict:
+    """``--reuse ROW``: each fold's result in ``out``'s row ``row`` (one line where it lacks one)."""
+    rows = json.loads(out.read_text())["results"] if out.exists() else {}
+    if row not in rows:
+        sys.exit(f"error: --reuse {row}: no such row in {out}")
+    missing = [f for f in folds if f not in rows[row].get("folds", {})]
+    if missing:
+        sys.exit(f"error: --reuse {row}: {out} has no {', '.join(missing)} in it")
+    return {f: rows[row]["folds"][f] for f in folds}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--record", required=True, help="a cross-validated sweep's record (sweep_snapshot.py's JSON)")
+    p.add_argument("--record", nargs="+", required=True,
+                   help="a cross-validated sweep's record (sweep_snapshot.py's JSON), or FOLD=PATH per fold for "
+                        "single-fold sweeps")
+    p.add_argument("--params", nargs="+", default=None,
+                   help="carry only these of the chosen trial's values (default: all of them)")
+    p.add_argument("--row", default=ROW, help=f"name of the rows written (default {ROW}; must start with 'neural')")
+    p.add_argument("--reuse", default=None,
+                   help="a row of --out trained with the same settings: folds whose choice is the experiment's own "
+                        "values take their result from it instead of training (one seed set only)")
     p.add_argument("--experiment", default="mq2008_best", help="the base experiment the trials' values go on top of")
     p.add_argument("--data", default=str(compare.MQ2008))
     p.add_argument("--folds", nargs="+", default=None, help="default: every fold the record scores")
@@ -120,43 +200,56 @@ def main() -> None:
     a = p.parse_args()
     if any(o.startswith("seed=") for o in a.overrides):
         sys.exit("error: --overrides: pass the ensemble's seeds as --seed-sets FIRST [FIRST ...], not seed=")
+    if not re.fullmatch(r"neural[a-z0-9_]*", a.row):
+        sys.exit(f"error: --row {a.row!r}: must start with 'neural' and hold only a-z, 0-9 and _")
     experiment_file(a.experiment)  # an unknown --experiment: one line, before anything is read
     try:
         a.seed_sets = compare.seed_sets(a.seed_sets, compare.ensemble_size(a.overrides, a.experiment))
     except ValueError as e:
         sys.exit(f"error: {e}")
-    record = Path(a.record)
-    trials = load_record(record)
-    folds = a.folds or sorted({f for t in trials for f in (t.get("per_fold") or {})})
-    try:
-        chosen = {fold: choose(trials, fold) for fold in folds}
-    except ValueError as e:
-        sys.exit(f"error: {record}: {e}")
+    if a.reuse and len(a.seed_sets) != 1:
+        sys.exit("error: --reuse: give one --seed-sets FIRST (the reused row holds one seed set)")
+    trials, records = load_records(a.record)
+    folds = a.folds or sorted({f for ts in trials.values() for t in ts for f in (t.get("per_fold") or {})})
+    chosen = {}
+    for fold in folds:
+        key = None if None in trials else fold
+        if key not in trials:
+            sys.exit(f"error: --record: no record for {fold}")
+        try:
+            c = choose(trials[key], fold)
+        except ValueError as e:
+            sys.exit(f"error: {records[key]}: {e}")
+        chosen[fold] = {**c, "params": carried(c["params"], a.params, records[key]), "record": records[key]}
     incumbent = incumbent_values(a.experiment, sorted({k for c in chosen.values() for k in c["params"]}))
+    own = {f for f, c in chosen.items() if all(canonical(incumbent.get(k)) == canonical(v) for k, v in c["params"].items())}
+    out = Path(a.out)
+    reused = {f: {"row": a.reuse, "result": r} for f, r in reusable(out, a.reuse, sorted(own)).items()} if a.reuse else {}
     print(f"{'fold':<6} {'trial':>5} {'vali (sweep)':>13}  values")
     for fold, c in chosen.items():
-        same = all(incumbent.get(k) == v for k, v in c["params"].items())
-        values = f"= {a.experiment}" if same else ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                           for k, v in c["params"].items())
-        print(f"{fold:<6} {c['trial']:>5} {c['vali_in_sweep']:>13.4f}  {values}  (best of {c['candidates']})")
+        values = f"= {a.experiment}" if fold in own else ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in c["params"].items())
+        source = f", result from {a.reuse}" if fold in reused else ""
+        print(f"{fold:<6} {c['trial']:>5} {c['vali_in_sweep']:>13.4f}  {values}  (best of {c['candidates']}{source})")
     if a.dry_run:
         return
     data = Path(a.data).resolve()
-    missing = [f for f in folds if not (data / f).is_dir()]
+    missing = [f for f in folds if f not in reused and not (data / f).is_dir()]
     if missing:
         sys.exit(f"error: {data}: no {', '.join(missing)} (pass --data or set RANKING_EXP_MQ2008)")
-    out = Path(a.out)
     previous = json.loads(out.read_text()) if out.exists() else {"data": str(data), "convention": "standard", "results": {}}
-    row = ROW + ("_refit" if a.refit else "")
+    row = a.row + ("_refit" if a.refit else "")
     extra = [*([compare.REFIT] if a.refit else []), *a.overrides]
     size = compare.ensemble_size(a.overrides, a.experiment)
+    record = a.record[0] if len(a.record) == 1 else dict(records)
     rows = {}
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(a.workdir or scratch).resolve()
         work.mkdir(parents=True, exist_ok=True)
         for first in a.seed_sets:
             name = compare.seed_set_row(row, first, compare.DEFAULT_SEED, size)
-            rows[name] = {"record": str(record), **nested_row(work, data, chosen, a.experiment, first, extra)}
+            rows[name] = {"record": record, **({"params": a.params} if a.params else {}),
+                          **nested_row(work, data, chosen, a.experiment, first, extra, reused)}
             compare._report(name, rows[name])
         if len(rows) > 1:
             rows[f"{row}_estimate"] = {"from": list(rows), "chosen": rows[next(iter(rows))]["chosen"],

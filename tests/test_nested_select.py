@@ -97,3 +97,76 @@ def test_each_fold_trains_its_chosen_values_and_the_row_joins_the_comparison(tmp
         assert row["folds"][fold]["test"]["ndcg_10"] == recorded["test_ndcg_10"]
     assert row["test_mean"]["ndcg_10"] == pytest.approx(
         (row["folds"]["Fold1"]["test"]["ndcg_10"] + row["folds"]["Fold2"]["test"]["ndcg_10"]) / 2)
+
+
+def _single_fold_record(path, values_and_params):
+    """A single-fold sweep's record (sweep_snapshot.py's JSON without per-fold scores)."""
+    path.write_text(json.dumps({"trials": [{"number": i, "state": "COMPLETE", "value": v, "params": p}
+                                           for i, (v, p) in enumerate(values_and_params)]}))
+    return path
+
+
+# mq2008_best's own tower and batch size, as Optuna stores a list choice (a string).
+OWN = {"scorer.hidden_layer_dims": "[256,128,64]", "scorer.dropout": 0.3, "train.batch_size": 16}
+OTHER = {"scorer.hidden_layer_dims": "[128,64]", "scorer.dropout": 0.1, "train.batch_size": 64}
+
+
+def _per_fold_records(tmp_path):
+    # Fold1's sweep: its own tower wins; Fold2's: another tower wins (a higher value elsewhere must not count).
+    one = _single_fold_record(tmp_path / "fold1.json", [(0.70, OTHER), (0.75, OWN)])
+    two = _single_fold_record(tmp_path / "fold2.json", [(0.62, OTHER), (0.61, OWN)])
+    return [f"Fold1={one}", f"Fold2={two}"]
+
+
+def test_per_fold_records_choose_each_fold_from_its_own_sweep_and_carry_only_the_named_params(tmp_path):
+    r = subprocess.run([sys.executable, str(SCRIPT), "--record", *_per_fold_records(tmp_path), "--params",
+                        "scorer.hidden_layer_dims", "train.batch_size", "--dry-run"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    assert rows["Fold1"].split()[1] == "1" and "= mq2008_best" in rows["Fold1"]  # '[256,128,64]' equals the YAML list
+    assert rows["Fold2"].split()[1] == "0" and "train.batch_size=64" in rows["Fold2"] and "dropout" not in rows["Fold2"]
+    # All params carried: the sweep's dropout differs from mq2008_best's, so Fold1 is no longer its own values.
+    r = subprocess.run([sys.executable, str(SCRIPT), "--record", *_per_fold_records(tmp_path), "--dry-run"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "= mq2008_best" not in r.stdout and "scorer.dropout=0.3" in r.stdout
+
+
+def test_folds_with_the_experiments_own_values_reuse_an_earlier_row_without_training(tmp_path):
+    one = _single_fold_record(tmp_path / "fold1.json", [(0.75, OWN)])
+    two = _single_fold_record(tmp_path / "fold2.json", [(0.61, OWN), (0.60, OTHER)])
+    metrics = ("ndcg_1", "ndcg_3", "ndcg_5", "ndcg_10", "map", "mrr")
+    earlier = {f: {"test": dict.fromkeys(metrics, v), "vali": dict.fromkeys(metrics, 0.5), "run_dir": f"/runs/{f}",
+                   "command": "..."} for f, v in (("Fold1", 0.71), ("Fold2", 0.69))}
+    out = tmp_path / "compare.json"
+    out.write_text(json.dumps({"data": "x", "convention": "standard", "results": {"neural18_refit": {"folds": earlier}}}))
+    r = subprocess.run([sys.executable, str(SCRIPT), "--record", f"Fold1={one}", f"Fold2={two}", "--params",
+                        "scorer.hidden_layer_dims", "train.batch_size", "--reuse", "neural18_refit", "--seed-sets", "42",
+                        "--refit", "--row", "neural18_tower", "--data", str(tmp_path / "absent"), "--out", str(out)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr  # nothing trained, so no data was needed
+    results = json.loads(out.read_text())["results"]
+    row = results["neural18_tower_refit"]
+    assert set(results) == {"neural18_refit", "neural18_tower_refit"}
+    assert {f: row["folds"][f]["reused_from"] for f in row["folds"]} == {"Fold1": "neural18_refit", "Fold2": "neural18_refit"}
+    assert row["folds"]["Fold2"]["run_dir"] == "/runs/Fold2" and row["chosen"] == {"Fold1": 0, "Fold2": 0}
+    assert row["test_mean"]["ndcg_10"] == pytest.approx(0.70)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--record", "RECORDS", "--params", "train.epochs"], "--params train.epochs: not a parameter of"),
+    (["--record", "RECORDS", "Fold1=again.json"], "--record: Fold1 given twice"),
+    (["--record", "RECORDS", "cv.json"], "--record: give one cross-validated record, or FOLD=PATH"),
+    (["--record", "RECORDS", "--folds", "Fold1", "Fold3"], "--record: no record for Fold3"),
+    (["--record", "RECORDS", "--row", "lightgbm_x"], "--row 'lightgbm_x': must start with 'neural'"),
+    (["--record", "RECORDS", "--reuse", "neural18_refit", "--seed-sets", "42"], "--reuse neural18_refit: no such row in"),
+    (["--record", "RECORDS", "--reuse", "neural18_refit"], "--reuse: give one --seed-sets FIRST"),
+])
+def test_bad_per_fold_arguments_are_one_line(tmp_path, args, message):
+    records = _per_fold_records(tmp_path)
+    i = args.index("RECORDS")
+    args = [*args[:i], *records, *args[i + 1:]]
+    r = subprocess.run([sys.executable, str(SCRIPT), *args, "--dry-run", "--out", str(tmp_path / "none.json")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
