@@ -148,7 +148,8 @@ def nested_row(work: Path, data: Path, chosen: dict, experiment: str, first_seed
     folds, wall = {}, 0.0
     for fold, c in chosen.items():
         if reused and fold in reused:
-            folds[fold] = {**reused[fold]["result"], "trial": c["trial"], "reused_from": reused[fold]["row"]}
+            folds[fold] = {**reused[fold]["result"], "trial": c["trial"], "reused_from": reused[fold]["row"],
+                           "command": f"({fold}: as in row {reused[fold]['row']}: {reused[fold]['command']})"}
             print(f"  {fold} (trial {c['trial']}: {experiment}'s own values): test NDCG@10 "
                   f"{folds[fold]['test']['ndcg_10']:.4f}, from {reused[fold]['row']}", flush=True)
             continue
@@ -165,14 +166,16 @@ def nested_row(work: Path, data: Path, chosen: dict, experiment: str, first_seed
 
 
 def reusable(out: Path, row: str, folds: list[str]) -> dict:
-    """``--reuse ROW``: each fold's result in ``out``'s row ``row`` (one line where it lacks one)."""
+    """``--reuse ROW``: each fold's result in ``out``'s row ``row`` with the command that made it (one
+    line where it lacks one). A cross-validation's row keeps one command for all its folds."""
     rows = json.loads(out.read_text())["results"] if out.exists() else {}
     if row not in rows:
         sys.exit(f"error: --reuse {row}: no such row in {out}")
     missing = [f for f in folds if f not in rows[row].get("folds", {})]
     if missing:
         sys.exit(f"error: --reuse {row}: {out} has no {', '.join(missing)} in it")
-    return {f: rows[row]["folds"][f] for f in folds}
+    return {f: {"row": row, "result": rows[row]["folds"][f],
+                "command": rows[row]["folds"][f].get("command") or rows[row].get("command", "?")} for f in folds}
 
 
 def main() -> None:
@@ -224,7 +227,7 @@ def main() -> None:
     incumbent = incumbent_values(a.experiment, sorted({k for c in chosen.values() for k in c["params"]}))
     own = {f for f, c in chosen.items() if all(canonical(incumbent.get(k)) == canonical(v) for k, v in c["params"].items())}
     out = Path(a.out)
-    reused = {f: {"row": a.reuse, "result": r} for f, r in reusable(out, a.reuse, sorted(own)).items()} if a.reuse else {}
+    reused = reusable(out, a.reuse, sorted(own)) if a.reuse else {}
     print(f"{'fold':<6} {'trial':>5} {'vali (sweep)':>13}  values")
     for fold, c in chosen.items():
         values = f"= {a.experiment}" if fold in own else ", ".join(

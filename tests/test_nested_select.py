@@ -136,10 +136,14 @@ def test_folds_with_the_experiments_own_values_reuse_an_earlier_row_without_trai
     one = _single_fold_record(tmp_path / "fold1.json", [(0.75, OWN)])
     two = _single_fold_record(tmp_path / "fold2.json", [(0.61, OWN), (0.60, OTHER)])
     metrics = ("ndcg_1", "ndcg_3", "ndcg_5", "ndcg_10", "map", "mrr")
-    earlier = {f: {"test": dict.fromkeys(metrics, v), "vali": dict.fromkeys(metrics, 0.5), "run_dir": f"/runs/{f}",
-                   "command": "..."} for f, v in (("Fold1", 0.71), ("Fold2", 0.69))}
+    # As mq2008_compare.py writes a cross-validation's row: one command for the row, none per fold.
+    earlier = {f: {"test": dict.fromkeys(metrics, v), "vali": dict.fromkeys(metrics, 0.5)}
+               for f, v in (("Fold1", 0.71), ("Fold2", 0.69))}
+    earlier["Fold2"]["run_dir"] = "/runs/Fold2"
+    command = "python -m ranking_exp +experiment=mq2008_best dataset.folds=all"
     out = tmp_path / "compare.json"
-    out.write_text(json.dumps({"data": "x", "convention": "standard", "results": {"neural18_refit": {"folds": earlier}}}))
+    out.write_text(json.dumps({"data": "x", "convention": "standard",
+                               "results": {"neural18_refit": {"command": command, "folds": earlier}}}))
     r = subprocess.run([sys.executable, str(SCRIPT), "--record", f"Fold1={one}", f"Fold2={two}", "--params",
                         "scorer.hidden_layer_dims", "train.batch_size", "--reuse", "neural18_refit", "--seed-sets", "42",
                         "--refit", "--row", "neural18_tower", "--data", str(tmp_path / "absent"), "--out", str(out)],
@@ -151,6 +155,7 @@ def test_folds_with_the_experiments_own_values_reuse_an_earlier_row_without_trai
     assert {f: row["folds"][f]["reused_from"] for f in row["folds"]} == {"Fold1": "neural18_refit", "Fold2": "neural18_refit"}
     assert row["folds"]["Fold2"]["run_dir"] == "/runs/Fold2" and row["chosen"] == {"Fold1": 0, "Fold2": 0}
     assert row["test_mean"]["ndcg_10"] == pytest.approx(0.70)
+    assert row["command"] == f"(Fold1: as in row neural18_refit: {command}); (Fold2: as in row neural18_refit: {command})"
 
 
 @pytest.mark.parametrize("args, message", [
