@@ -128,6 +128,34 @@ def _check_tower(dims: list[int], dropout: float, activation: str, key: str) -> 
     _check(activation in ACTIVATIONS, "scorer.activation", f"{activation!r} not in {ACTIVATIONS}")
 
 
+@dataclass
+class NumericEmbeddingConfig:
+    """How each (preprocessed, input-batch-normalized, noised) feature enters the tower: as it is
+    (``none``) or as a periodic embedding (``periodic``: Gorishniy et al. 2022's PLR,
+    ``ranking_exp/model/numeric_embedding.py``), which lets a tower learn sharp functions of one
+    feature, as trees do."""
+
+    kind: str = "none"  # none | periodic
+    frequencies: int = 48  # trainable frequencies per feature (k)
+    sigma: float = 0.01  # stddev of their initial values: the scale of the functions at the start
+    dim: int = 24  # each feature's embedding width; the tower's input is (features x dim) wide
+    lite: bool = False  # one linear map shared by all features instead of one per feature
+
+    def check(self) -> None:
+        key = "scorer.numeric_embedding"
+        _check(self.kind in ("none", "periodic"), f"{key}.kind", f"{self.kind!r} not in ('none', 'periodic')")
+        for name in ("frequencies", "dim"):
+            value = getattr(self, name)
+            _check(value > 0, f"{key}.{name}", f"must be > 0 (got {value})")
+        _check(math.isfinite(self.sigma) and self.sigma > 0, f"{key}.sigma", f"must be > 0 (got {self.sigma})")
+
+    def layer_kwargs(self) -> dict | None:
+        """The embedding layer's arguments, or None when features enter as they are."""
+        if self.kind == "none":
+            return None
+        return dict(frequencies=self.frequencies, sigma=self.sigma, dim=self.dim, lite=self.lite)
+
+
 @option("scorer", "dnn")
 @dataclass
 class DNNScorerConfig:
@@ -147,11 +175,14 @@ class DNNScorerConfig:
     # kernel: the same function, ~13% less step time on CPU (ranking_exp/model/fast_layers.py).
     # false: TF Ranking's tower layer for layer.
     fast_layers: bool = True
+    # Features into the tower as they are, or embedded (after input batch norm and noise).
+    numeric_embedding: NumericEmbeddingConfig = field(default_factory=NumericEmbeddingConfig)
 
     def __post_init__(self):
         _check_tower(self.hidden_layer_dims, self.dropout, self.activation, "scorer.hidden_layer_dims")
         _check(0.0 < self.batch_norm_moment < 1.0, "scorer.batch_norm_moment", "must be in (0, 1)")
         _check_input_noise(self.input_noise)
+        self.numeric_embedding.check()
 
 
 def _check_input_noise(value: float) -> None:
@@ -181,11 +212,14 @@ class DASALCScorerConfig:
     head_size: int = 64  # each head's key size, and the width of the attention output
     attention_dropout: float = 0.1
     fast_layers: bool = True  # as for scorer=dnn: cheaper dropout and batch-norm kernels in the tower
+    # as for scorer=dnn; the embedded features feed both the tower and the attention
+    numeric_embedding: NumericEmbeddingConfig = field(default_factory=NumericEmbeddingConfig)
 
     def __post_init__(self):
         _check_tower(self.hidden_layer_dims, self.dropout, self.activation, "scorer.hidden_layer_dims")
         _check(0.0 < self.batch_norm_moment < 1.0, "scorer.batch_norm_moment", "must be in (0, 1)")
         _check_input_noise(self.input_noise)
+        self.numeric_embedding.check()
         for key in ("num_attention_layers", "num_heads", "head_size"):
             _check(getattr(self, key) > 0, f"scorer.{key}", f"must be > 0 (got {getattr(self, key)})")
         _check(0.0 <= self.attention_dropout < 1.0, "scorer.attention_dropout", "must be in [0, 1)")

@@ -17,6 +17,7 @@ import tensorflow as tf
 import tensorflow_ranking as tfr
 
 from ranking_exp.model.fast_layers import FusedBatchNormalization, swap_fast_layers
+from ranking_exp.model.numeric_embedding import PeriodicEmbedding
 from ranking_exp.model.packing import PackList, UnpackList
 
 
@@ -29,13 +30,17 @@ def feature_vector(context_features: dict, example_features: dict) -> tf.Tensor:
 
 
 def input_block(x: tf.Tensor, input_batch_norm: bool, batch_norm_moment: float, input_noise: float,
-                fast_layers: bool = False) -> tf.Tensor:
-    """Input batch norm (where on), then Gaussian noise of stddev ``input_noise`` in training only."""
+                fast_layers: bool = False, numeric_embedding: dict | None = None) -> tf.Tensor:
+    """Input batch norm (where on), then Gaussian noise of stddev ``input_noise`` in training only,
+    then each feature's periodic embedding (``numeric_embedding``: ``PeriodicEmbedding``'s
+    arguments; None: the features as they are)."""
     if input_batch_norm:
         bn = FusedBatchNormalization if fast_layers else tf.keras.layers.BatchNormalization
         x = bn(momentum=batch_norm_moment, name="input_batch_norm")(x)
     if input_noise > 0:
         x = tf.keras.layers.GaussianNoise(input_noise, name="input_noise")(x)
+    if numeric_embedding is not None:
+        x = PeriodicEmbedding(**numeric_embedding, name="numeric_embedding")(x)
     return x
 
 
@@ -84,8 +89,10 @@ class DASALCScorer(tfr.keras.model.Scorer):
     def __init__(self, hidden_layer_dims: list[int], activation=tf.nn.relu, use_batch_norm: bool = True,
                  input_batch_norm: bool = True, batch_norm_moment: float = 0.99, dropout: float = 0.2,
                  input_noise: float = 0.0, num_attention_layers: int = 2, num_heads: int = 2,
-                 head_size: int = 64, attention_dropout: float = 0.1, fast_layers: bool = False):
+                 head_size: int = 64, attention_dropout: float = 0.1, fast_layers: bool = False,
+                 numeric_embedding: dict | None = None):
         self.fast_layers = fast_layers
+        self.numeric_embedding = numeric_embedding
         self.hidden_layer_dims = list(hidden_layer_dims)
         self.activation = activation
         self.use_batch_norm = use_batch_norm
@@ -114,7 +121,7 @@ class DASALCScorer(tfr.keras.model.Scorer):
     def __call__(self, context_features, example_features, mask):
         context, example, indices = PackList(name="pack_list")((context_features, example_features, mask))
         x = input_block(feature_vector(context, example), self.input_batch_norm, self.batch_norm_moment,
-                        self.input_noise, self.fast_layers)  # [N, d]
+                        self.input_noise, self.fast_layers, self.numeric_embedding)  # [N, d]
         h = self._tower()(x)  # [N, width]
         attention = ListAttention(num_heads=self.num_heads, head_size=self.head_size,
                                   num_layers=self.num_attention_layers, dropout=self.attention_dropout,

@@ -32,18 +32,22 @@ def _activation(name: str):
 
 class DNNScorer(tfr.keras.model.DNNScorer):
     """TF Ranking's DNNScorer, optionally with Gaussian noise on its input (after the input batch
-    norm) in training only (DASALC's data augmentation), and with the tower's dropout and batch
-    norm on cheaper kernels (``fast_layers.py``)."""
+    norm) in training only (DASALC's data augmentation), each feature's periodic embedding
+    (``numeric_embedding.py``), and the tower's dropout and batch norm on cheaper kernels
+    (``fast_layers.py``)."""
 
-    def __init__(self, input_noise: float = 0.0, fast_layers: bool = False, **dnn_kwargs):
+    def __init__(self, input_noise: float = 0.0, fast_layers: bool = False, numeric_embedding: dict | None = None,
+                 **dnn_kwargs):
         super().__init__(**dnn_kwargs)
         self._input_noise = input_noise
         self._fast_layers = fast_layers
+        self._numeric_embedding = numeric_embedding
 
     def _score_flattened(self, context_features, example_features):
         kwargs = dict(self._dnn_kwargs)
         x = input_block(feature_vector(context_features, example_features), kwargs.pop("input_batch_norm", False),
-                        kwargs.get("batch_norm_moment", 0.999), self._input_noise, self._fast_layers)
+                        kwargs.get("batch_norm_moment", 0.999), self._input_noise, self._fast_layers,
+                        self._numeric_embedding)
         tower = tfr.keras.layers.create_tower(input_batch_norm=False, **kwargs)
         return (swap_fast_layers(tower) if self._fast_layers else tower)(x)
 
@@ -52,8 +56,9 @@ def _dnn(c: DNNScorerConfig):
     kwargs = dict(hidden_layer_dims=list(c.hidden_layer_dims), output_units=1, activation=_activation(c.activation),
                   input_batch_norm=c.input_batch_norm, use_batch_norm=c.use_batch_norm,
                   batch_norm_moment=c.batch_norm_moment, dropout=c.dropout)
-    if c.input_noise > 0 or c.fast_layers:
-        return DNNScorer(input_noise=c.input_noise, fast_layers=c.fast_layers, **kwargs)
+    embedding = c.numeric_embedding.layer_kwargs()
+    if c.input_noise > 0 or c.fast_layers or embedding is not None:
+        return DNNScorer(input_noise=c.input_noise, fast_layers=c.fast_layers, numeric_embedding=embedding, **kwargs)
     return tfr.keras.model.DNNScorer(**kwargs)  # exactly TF Ranking's
 
 
@@ -71,7 +76,8 @@ def _dasalc(c: DASALCScorerConfig):
         use_batch_norm=c.use_batch_norm, input_batch_norm=c.input_batch_norm,
         batch_norm_moment=c.batch_norm_moment, dropout=c.dropout, input_noise=c.input_noise,
         num_attention_layers=c.num_attention_layers, num_heads=c.num_heads, head_size=c.head_size,
-        attention_dropout=c.attention_dropout, fast_layers=c.fast_layers)
+        attention_dropout=c.attention_dropout, fast_layers=c.fast_layers,
+        numeric_embedding=c.numeric_embedding.layer_kwargs())
 
 
 def _linear(c: LinearScorerConfig):
