@@ -141,9 +141,95 @@ def test_without_input_noise_or_fast_layers_the_dnn_is_tf_rankings_own():
     (["scorer=dasalc", "scorer.num_heads=0"], "scorer.num_heads: must be > 0 (got 0)"),
     (["scorer=dasalc", "scorer.attention_dropout=1"], "scorer.attention_dropout: must be in [0, 1)"),
     (["scorer=dasalc", "scorer.hidden_layer_dims=[]"], "scorer.hidden_layer_dims: hidden dims must be positive"),
+    (["scorer.numeric_embedding.kind=fourier"], "scorer.numeric_embedding.kind: 'fourier' not in ('none', 'periodic')"),
+    (["scorer=dasalc", "scorer.numeric_embedding.sigma=0"], "scorer.numeric_embedding.sigma: must be > 0 (got 0.0)"),
+    (["scorer.numeric_embedding.frequencies=0"], "scorer.numeric_embedding.frequencies: must be > 0 (got 0)"),
+    (["scorer=dasalc", "scorer.numeric_embedding.dim=-2"], "scorer.numeric_embedding.dim: must be > 0 (got -2)"),
 ])
 def test_bad_scorer_values_fail_in_one_line(overrides, message):
     register_configs()
     with pytest.raises(ConfigError) as e:
         preflight("config", overrides, multirun=False)
     assert str(e.value) == message
+
+
+# --- scorer.numeric_embedding: periodic (PLR) embeddings, Gorishniy et al. 2022 ------------------------
+def _embedding_cfg(**kw):
+    from ranking_exp.config import NumericEmbeddingConfig
+
+    return NumericEmbeddingConfig(kind="periodic", frequencies=4, dim=3, **kw)
+
+
+@pytest.mark.parametrize("lite", [False, True], ids=["per_feature", "lite"])
+def test_periodic_embedding_embeds_each_feature_on_its_own(lite):
+    from ranking_exp.model.numeric_embedding import PeriodicEmbedding
+
+    layer = PeriodicEmbedding(frequencies=4, sigma=1.0, dim=3, lite=lite)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    y = layer(x).numpy()
+    assert y.shape == (6, 5 * 3) and np.all(y >= 0)  # ReLU
+    assert len(layer.trainable_weights) == 3  # frequencies, linear maps, biases: all learned
+    # Changing feature 2 moves its own 3 outputs and nothing else.
+    moved = x.copy()
+    moved[:, 2] += 0.7
+    delta = np.abs(layer(moved).numpy() - y).reshape(6, 5, 3)
+    assert delta[:, 2].max() > 1e-3
+    assert np.all(np.delete(delta, 2, axis=1) == 0)
+    # The layer is periodic in each feature with its frequencies' periods: x + 1/c gives x's value
+    # when the feature has one frequency.
+    one = PeriodicEmbedding(frequencies=1, sigma=1.0, dim=2, lite=lite)
+    base = one(x).numpy()
+    period = 1.0 / one.frequency.numpy()[:, 0]
+    np.testing.assert_allclose(one(x + period).numpy(), base, atol=2e-4)
+    # Rebuilt from its config, it is the same function given the same weights.
+    again = PeriodicEmbedding.from_config(layer.get_config())
+    again.build(x.shape)
+    again.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(again(x).numpy(), y)
+
+
+@pytest.mark.parametrize("scorer_cfg", [
+    DNNScorerConfig(hidden_layer_dims=[8], fast_layers=False, numeric_embedding=_embedding_cfg(sigma=0.5)),
+    DASALCScorerConfig(hidden_layer_dims=[8, 4], head_size=4, numeric_embedding=_embedding_cfg(lite=True)),
+], ids=["dnn", "dasalc_lite"])
+def test_numeric_embedding_feeds_the_scorer_and_survives_export(tmp_path: Path, scorer_cfg):
+    model = _model(scorer_cfg)
+    embedding = model.get_layer("numeric_embedding")
+    assert embedding.frequency.shape == (4, 4)  # context feature c + 3 example features, 4 frequencies
+    x = {"c": np.ones((2, 1), np.float32), "f": np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32),
+         "mask": np.array([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=bool)}
+    scores = model(x).numpy()
+    # The frequencies are part of the function: scaling them changes the scores.
+    embedding.frequency.assign(embedding.frequency * 3.0)
+    assert np.abs(model(x).numpy() - scores)[x["mask"]].max() > 1e-5
+    inference = model(x).numpy()
+    model.save(str(tmp_path / "export"))
+    serve = tf.saved_model.load(str(tmp_path / "export")).signatures["serving_default"]
+    served = next(iter(serve(**{k: tf.constant(v) for k, v in x.items()}).values())).numpy()
+    np.testing.assert_allclose(served, inference, rtol=1e-6, atol=1e-6)
+
+
+def test_without_an_embedding_the_scorers_have_none():
+    assert DNNScorerConfig().numeric_embedding.layer_kwargs() is None
+    for cfg in (DNNScorerConfig(hidden_layer_dims=[8]), DASALCScorerConfig(hidden_layer_dims=[8, 4], head_size=4)):
+        assert not [layer for layer in _model(cfg).layers if layer.name == "numeric_embedding"]
+    # and an embedding alone makes the DNN ours (TF Ranking's has no such input)
+    assert type(build_scorer(DNNScorerConfig(fast_layers=False, numeric_embedding=_embedding_cfg()))).__module__ \
+        == "ranking_exp.model.scorers"
+
+
+def test_dasalc_with_periodic_embedding_trains_and_ranks(tmp_path: Path):
+    from ranking_exp.experiment import run_training
+
+    run, cfg = compose_run(tmp_path, tiny([*SMALL_DASALC, "train.batch_size=8", "optimizer.learning_rate=0.01",
+                                           "seed=1", "callbacks.tensorboard.enabled=false",
+                                           "scorer.numeric_embedding.kind=periodic",
+                                           "scorer.numeric_embedding.sigma=0.01"]))
+    assert run.scorer.numeric_embedding.kind == "periodic" and run.scorer.numeric_embedding.sigma == 0.01
+    result = run_training(run, cfg, launch_dir=str(tmp_path), run_name="dasalc_embedding")
+    # tiny's synthetic lists: random orderings score ~0.55 NDCG@10 there, this DASALC without the
+    # embedding 0.83, with it 0.90 (the paper's defaults: 48 frequencies, 24 wide, sigma 0.01)
+    assert result.metrics["test_ndcg_10"] > 0.75, result.metrics
+    saved = [name for name, _ in tf.train.list_variables(str(Path(result.exports["last"]) / "variables" / "variables"))]
+    assert any("/frequency/.ATTRIBUTES" in name for name in saved), saved  # the learned frequencies ship
