@@ -1,6 +1,7 @@
 """Config composition and validation: every option composes; mistakes fail in one line."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -129,21 +130,29 @@ def test_experiment_configs_compose_on_any_fold(tmp_path, name):
         assert (run.optimizer.schedule.kind, run.optimizer.schedule.decay_steps) == ("cosine", "auto")
 
 
-def test_mq2008_best_is_the_configuration_its_confirmation_sweep_judged(tmp_path):
-    """``mq2008_best`` must train what ``sweeps/mq2008_dasalc_confirm.yaml`` confirmed (its last enqueued
-    trial): the model, loss, optimizer and schedule, batch and epochs, so that the README's test
-    estimate belongs to the configuration chosen on vali. Only how the sweep ran differs (threads,
-    seeds, the epoch it exported, folds), and the ensemble's size, chosen after it (stop 25: 18 seeds
-    by benchmarks/ensemble_size.py on vali, where the sweep judged 9)."""
+def test_mq2008_best_is_the_configuration_its_last_screen_judged(tmp_path):
+    """``mq2008_best`` must train what its last screen adopted (stop 28:
+    ``sweeps/mq2008_numeric_embedding_small.yaml``'s trial 0, stop 22's confirmed configuration plus the
+    periodic embedding with sigma 0.01): the model, loss, optimizer and schedule, batch and epochs, so
+    that the README's test estimate belongs to the configuration chosen on vali. Only how the sweep ran
+    differs (threads, seeds, the epoch it exported, folds), and the ensemble's size, chosen after stop 22
+    (stop 25: 18 seeds by benchmarks/ensemble_size.py on vali, where the sweeps judged 9)."""
     from omegaconf import OmegaConf
 
     from tests.helpers import compose_run
 
-    sweep = OmegaConf.load(REPO / "sweeps" / "mq2008_dasalc_confirm.yaml")
-    candidate = [f"{k}={v}" for k, v in sweep.hydra.sweeper.enqueue_trials[-1].items()]
-    judged, _ = compose_run(tmp_path / "sweep", ["+sweep=mq2008_dasalc_confirm", *candidate])
+    sweep = OmegaConf.load(REPO / "sweeps" / "mq2008_numeric_embedding_small.yaml")
+    candidate = [f"{k}={v}" for k, v in sweep.hydra.sweeper.enqueue_trials[0].items()]
+    assert "scorer.numeric_embedding.sigma=0.01" in candidate
+    judged, _ = compose_run(tmp_path / "sweep", ["+sweep=mq2008_numeric_embedding_small", *candidate])
     best, _ = compose_run(tmp_path / "best", ["+experiment=mq2008_best"])
     for part in ("scorer", "loss", "optimizer"):
         assert getattr(best, part) == getattr(judged, part), part
     assert (best.train.batch_size, best.train.epochs) == (judged.train.batch_size, judged.train.epochs)
+    # and, but for the embedding, what stop 22's confirmation judged
+    confirm = OmegaConf.load(REPO / "sweeps" / "mq2008_dasalc_confirm.yaml")
+    confirmed, _ = compose_run(tmp_path / "confirm", ["+sweep=mq2008_dasalc_confirm", *(
+        f"{k}={v}" for k, v in confirm.hydra.sweeper.enqueue_trials[-1].items())])
+    assert confirmed.scorer.numeric_embedding.kind == "none"
+    assert dataclasses.replace(best.scorer, numeric_embedding=confirmed.scorer.numeric_embedding) == confirmed.scorer
     assert (best.ensemble.seeds, judged.ensemble.seeds) == (18, 9)
