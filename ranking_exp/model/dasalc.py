@@ -121,7 +121,7 @@ class DASALCScorer(tfr.keras.model.Scorer):
     def __call__(self, context_features, example_features, mask):
         context, example, indices = PackList(name="pack_list")((context_features, example_features, mask))
         x = input_block(feature_vector(context, example), self.input_batch_norm, self.batch_norm_moment,
-                        self.input_noise, self.fast_layers, self.numeric_embedding)  # [N, d]
+                        self.input_noise, self.fast_layers, self.numeric_embedding)  # [N, d] (or [N, d * dim] embedded)
         h = self._tower()(x)  # [N, width]
         attention = ListAttention(num_heads=self.num_heads, head_size=self.head_size,
                                   num_layers=self.num_attention_layers, dropout=self.attention_dropout,
