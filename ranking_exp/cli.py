@@ -133,6 +133,11 @@ def run_hydra_app(task: Callable[[DictConfig], object], config_name: str,
 
     register_configs()
     args = get_args_parser().parse_args()
+    modes = [flag for flag, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
+                                   ("--info", args.info is not None), ("--shell-completion", args.shell_completion))
+             if on]
+    if len(modes) > 1:  # Hydra raises a ValueError with a traceback for this
+        fail(f"{' and '.join(modes)}: give only one of --run, --multirun, --cfg, --info, --shell-completion")
     informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
     if not informational:
         try:

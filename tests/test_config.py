@@ -103,6 +103,7 @@ def test_multirun_preflight_checks_every_swept_value():
     (["optimizer.learning_rate=0"], "error: optimizer.learning_rate: must be > 0 (got 0.0)"),
     (["train.epochs=0"], "error: train.epochs: must be > 0 (got 0)"),
     (["-m", "loss=softmax,nope"], "error: loss=nope: no such option"),
+    (["-m", "--cfg", "job", "+sweep=dnn_softmax"], "error: --multirun and --cfg: give only one of"),
 ])
 def test_cli_config_errors_exit_2_with_one_line_and_write_nothing(tmp_path: Path, args, message):
     r = run_cli(args, cwd=tmp_path, timeout=120)
