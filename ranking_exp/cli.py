@@ -89,11 +89,22 @@ def preflight(config_name: str, overrides: Sequence[str], multirun: bool,
                     cfg.output_dir = "<output_dir>"
             check(cfg)
         if multirun:
-            _preflight_sweeper(config_name, combos[0], overrides)
+            for where, trial in _preflight_sweeper(config_name, combos[0], overrides):
+                try:
+                    cfg = compose(config_name, overrides=trial)
+                    if "output_dir" in cfg:
+                        with open_dict(cfg):
+                            cfg.output_dir = "<output_dir>"
+                    check(cfg)
+                except (HydraException, OmegaConfBaseException) as e:
+                    raise ConfigError(f"{where}: {hydra_error_line(e)}") from None
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
 
 
-def _preflight_sweeper(config_name: str, first: list[str], overrides: Sequence[str]) -> None:
-    """Lets the configured sweeper check its own settings, if it knows how (``preflight``)."""
+def _preflight_sweeper(config_name: str, first: list[str], overrides: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Lets the configured sweeper check its own settings, if it knows how (``preflight``); returns
+    the whole trials it knows before running (``(where, overrides)``), for the caller to validate."""
     from hydra.utils import get_class
 
     try:
@@ -103,7 +114,8 @@ def _preflight_sweeper(config_name: str, first: list[str], overrides: Sequence[s
     target = cfg.hydra.sweeper.get("_target_")
     sweeper = get_class(target) if target else None
     if hasattr(sweeper, "preflight"):
-        sweeper.preflight(cfg.hydra.sweeper, cfg, list(overrides))
+        return sweeper.preflight(cfg.hydra.sweeper, cfg, list(overrides)) or []
+    return []
 
 
 def quiet_libraries() -> None:

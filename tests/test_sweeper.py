@@ -225,8 +225,12 @@ def test_a_killed_sweep_resumes_and_retries_the_lost_trial(tmp_path):
      "error: hydra.sweeper.enqueue_trials[0].optimizer.learning_rate: 0.5 is outside [0.001, 0.05]"),
     (SMALL_SPACE, [{"scorer.hidden_layer_dims": [32]}],
      "error: hydra.sweeper.enqueue_trials[0].scorer.hidden_layer_dims: '[32]' is not one of the choices [8], [16,8]"),
+    ({"loss": "choice(approx_ndcg,softmax)", "loss.lambda_weight": "null,ndcg"},
+     [{"loss": "approx_ndcg", "loss.lambda_weight": "ndcg"}],
+     "error: hydra.sweeper.enqueue_trials[0]: loss.lambda_weight: approx_ndcg_loss takes no lambda weight"),
 ], ids=["unknown path", "empty interval", "unknown sampler", "unknown pruner", "params typo", "bad percentile",
-        "refit sweep", "enqueue unswept key", "enqueue out of range", "enqueue not a choice"])
+        "refit sweep", "enqueue unswept key", "enqueue out of range", "enqueue not a choice",
+        "enqueued trial invalid as a whole"])
 def test_bad_sweep_files_fail_in_one_line_before_training(tmp_path, params, override, message):
     enqueue = override if isinstance(override, list) else None
     override = None if enqueue else override
@@ -235,6 +239,20 @@ def test_bad_sweep_files_fail_in_one_line_before_training(tmp_path, params, over
     assert r.returncode == 2
     assert r.stderr.strip().startswith(message) and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("value", [None, True, False, 0, 3, 0.5, 1e-05, "ndcg"])
+def test_a_sampled_value_reaches_the_trial_as_itself(value):
+    """Swept values go to the trial as override text; Hydra must parse that text back to the same
+    value (``null,ndcg`` sweeps a lambda weight on and off: None must not arrive as the string "None")."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.ranking_exp_sweeper.space import override_value, parse_params
+
+    parsed = OverridesParser.create().parse_override(f"key={override_value(value)}").value()
+    assert parsed == value and type(parsed) is type(value)
+    if value is None:
+        assert parse_params({"loss.lambda_weight": "null,ndcg"})["loss.lambda_weight"].choices == (None, "ndcg")
 
 
 def test_pruner_kinds_build_the_optuna_pruner_they_name():

@@ -119,7 +119,9 @@ def enqueued_params(entries, distributions) -> list[dict]:
 
 
 def override_value(value) -> str:
-    """A sampled value as override text."""
+    """A sampled value as override text that Hydra parses back to the same value."""
+    if value is None:
+        return "null"  # str(None) would reach the config as the string "None"
     if isinstance(value, str):
         return value
     if isinstance(value, float):

@@ -107,8 +107,12 @@ class _Heartbeat:
 
 class RankingOptunaSweeper(Sweeper):
     @staticmethod
-    def preflight(sweeper_cfg: DictConfig, job_cfg: DictConfig, overrides: list[str]) -> None:
-        """Checks the sweep before Hydra starts (called by ranking_exp's CLI): one-line errors."""
+    def preflight(sweeper_cfg: DictConfig, job_cfg: DictConfig, overrides: list[str]) -> list[tuple[str, list[str]]]:
+        """Checks the sweep before Hydra starts (called by ranking_exp's CLI): one-line errors.
+
+        Returns ``(where, overrides)`` for each enqueued trial that fixes every swept key: a whole
+        trial known before any runs, which the CLI composes and validates like a single run (a value
+        valid alone can be invalid beside another: a lambda weight on a loss that takes none)."""
         kwargs = {k: v for k, v in sweeper_cfg.items() if k != "_target_"}
         try:
             conf = load_config(kwargs)
@@ -118,18 +122,20 @@ class RankingOptunaSweeper(Sweeper):
             from ranking_exp.config import one_line_omegaconf_error
 
             raise ConfigError(f"hydra.sweeper: {one_line_omegaconf_error(e)}") from None
-        _, swept = split_arguments(overrides)
+        fixed, swept = split_arguments(overrides)
         params = {**conf.params, **swept}
         if not params:
             raise ConfigError("hydra.sweeper.params: empty search space")
         distributions = parse_params(params)
         check_paths(params, job_cfg, set(GROUPS))
-        enqueued_params(conf.enqueue_trials, distributions)
+        enqueued = enqueued_params(conf.enqueue_trials, distributions)
         splits = list(OmegaConf.select(job_cfg, "train.splits", default=["train"]) or [])
         if "vali" in splits or "train.splits" in params:
             raise ConfigError("train.splits: a sweep chooses on the validation set, so it must not train on it: sweep "
                               "with train.splits=[train], then refit the chosen trial with train.splits=[train,vali]")
         make_sampler(conf.sampler, distributions)
+        return [(f"hydra.sweeper.enqueue_trials[{i}]", [*fixed, *(f"{k}={override_value(v)}" for k, v in trial.items())])
+                for i, trial in enumerate(enqueued) if set(trial) == set(distributions)]
 
     def __init__(self, **kwargs: Any):
         self.conf = load_config(kwargs)
