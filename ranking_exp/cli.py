@@ -80,26 +80,25 @@ def preflight(config_name: str, overrides: Sequence[str], multirun: bool,
         raise ConfigError(hydra_error_line(e)) from None
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         for combo in combos:
-            try:
-                cfg = compose(config_name, overrides=combo)
-            except (HydraException, OmegaConfBaseException) as e:
-                raise ConfigError(hydra_error_line(e)) from None
-            if "output_dir" in cfg:  # resolved by Hydra at run time only
-                with open_dict(cfg):
-                    cfg.output_dir = "<output_dir>"
-            check(cfg)
+            _compose_and_check(config_name, combo, check)
         if multirun:
             for where, trial in _preflight_sweeper(config_name, combos[0], overrides):
                 try:
-                    cfg = compose(config_name, overrides=trial)
-                    if "output_dir" in cfg:
-                        with open_dict(cfg):
-                            cfg.output_dir = "<output_dir>"
-                    check(cfg)
-                except (HydraException, OmegaConfBaseException) as e:
-                    raise ConfigError(f"{where}: {hydra_error_line(e)}") from None
+                    _compose_and_check(config_name, trial, check)
                 except ConfigError as e:
                     raise ConfigError(f"{where}: {e}") from None
+
+
+def _compose_and_check(config_name: str, overrides: list[str], check: Callable[[DictConfig], object]) -> None:
+    """One run's config composed as Hydra will and validated; ConfigError with one line if not."""
+    try:
+        cfg = compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(hydra_error_line(e)) from None
+    if "output_dir" in cfg:  # resolved by Hydra at run time only
+        with open_dict(cfg):
+            cfg.output_dir = "<output_dir>"
+    check(cfg)
 
 
 def _preflight_sweeper(config_name: str, first: list[str], overrides: Sequence[str]) -> list[tuple[str, list[str]]]:
