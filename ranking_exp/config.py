@@ -432,6 +432,10 @@ class OptimizerConfig:
     epsilon: float = 1e-7
     initial_accumulator_value: float = 0.1
     clipnorm: Optional[float] = None
+    # Decoupled weight decay (AdamW, Loshchilov & Hutter 2019): each step, every weight matrix
+    # w -= lr_t * weight_decay * w before the gradient step; biases and batch-norm parameters are
+    # not decayed. 0: none (the plain optimizer).
+    weight_decay: float = 0.0
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # true: Keras's tf.keras.optimizers.legacy classes, which update each variable with one fused
     # kernel (ResourceApplyAdam, ...): the same update rule, ~9% less step time on CPU, where the
@@ -444,6 +448,8 @@ class OptimizerConfig:
                f"must be > 0 (got {self.learning_rate})")
         _check(0 <= self.momentum < 1, "optimizer.momentum", "must be in [0, 1)")
         _check(self.clipnorm is None or self.clipnorm > 0, "optimizer.clipnorm", "must be > 0")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "optimizer.weight_decay",
+               f"must be >= 0 (got {self.weight_decay})")
         if isinstance(self.schedule, dict):  # built by hand rather than by OmegaConf
             self.schedule = ScheduleConfig(**self.schedule)
 

@@ -51,17 +51,78 @@ def learning_rate(lr: float, s: ScheduleConfig, run_steps: int | None = None):
     return LinearWarmup(lr, s.warmup_steps, sched.CosineDecay(lr, s.decay_steps, alpha=s.alpha))
 
 
+def decays(variable) -> bool:
+    """Whether decoupled weight decay applies to ``variable``: weight matrices and kernels (rank 2
+    and up) do; biases and batch-norm scales and offsets (rank 1) do not, as AdamW is used in practice
+    (Loshchilov & Hutter 2019; timm's and nanoGPT's no-decay group)."""
+    return variable.shape.rank is None or variable.shape.rank >= 2
+
+
+class _MatricesOnly:
+    """Keras's own decoupled weight decay (the new optimizers' ``weight_decay``) on matrices only."""
+
+    def _use_weight_decay(self, variable):
+        return decays(variable) and super()._use_weight_decay(variable)
+
+
+class _LegacyDecoupledDecay:
+    """Decoupled weight decay for the fused ``tf.keras.optimizers.legacy`` optimizers, which have none:
+    before each variable's fused update, ``w -= lr_t * weight_decay * w``, exactly what the new
+    optimizers' ``weight_decay`` does (same step's learning rate, applied before the gradient step)."""
+
+    def __init__(self, *args, weight_decay: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight_decay = weight_decay
+
+    def _decay(self, var):
+        lr = self._decayed_lr(var.dtype.base_dtype)
+        return var.assign_sub(var * lr * tf.cast(self.weight_decay, var.dtype.base_dtype), read_value=False)
+
+    def _resource_apply_dense(self, grad, var, apply_state=None):
+        if not decays(var):
+            return super()._resource_apply_dense(grad, var, apply_state)
+        with tf.control_dependencies([self._decay(var)]):
+            return super()._resource_apply_dense(grad, var, apply_state)
+
+    def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
+        if not decays(var):
+            return super()._resource_apply_sparse(grad, var, indices, apply_state)
+        with tf.control_dependencies([self._decay(var)]):
+            return super()._resource_apply_sparse(grad, var, indices, apply_state)
+
+    def get_config(self):
+        return {**super().get_config(), "weight_decay": self.weight_decay}
+
+
+_legacy = tf.keras.optimizers.legacy
+_DECAYED = {
+    (True, "adam"): type("AdamW", (_LegacyDecoupledDecay, _legacy.Adam), {}),
+    (True, "adagrad"): type("AdagradW", (_LegacyDecoupledDecay, _legacy.Adagrad), {}),
+    (True, "sgd"): type("SGDW", (_LegacyDecoupledDecay, _legacy.SGD), {}),
+    (False, "adam"): type("AdamW", (_MatricesOnly, tf.keras.optimizers.Adam), {}),
+    (False, "adagrad"): type("AdagradW", (_MatricesOnly, tf.keras.optimizers.Adagrad), {}),
+    (False, "sgd"): type("SGDW", (_MatricesOnly, tf.keras.optimizers.SGD), {}),
+}
+
+
 def build_optimizer(cfg: OptimizerConfig, run_steps: int | None = None):
     """The configured Keras optimizer: a ``tf.keras.optimizers.legacy`` one (fused per-variable
-    update kernels) when ``optimizer.fused``, else the new ``tf.keras.optimizers`` one."""
+    update kernels) when ``optimizer.fused``, else the new ``tf.keras.optimizers`` one; with
+    ``optimizer.weight_decay`` > 0, the same optimizer with decoupled weight decay on its matrices
+    (AdamW, SGDW, ...), either kind. Without it, the plain Keras class, unchanged."""
     lr = learning_rate(cfg.learning_rate, cfg.schedule, run_steps)
     common = {"learning_rate": lr, "clipnorm": cfg.clipnorm}
-    kinds = tf.keras.optimizers.legacy if cfg.fused else tf.keras.optimizers
+    kinds = {name: getattr(_legacy if cfg.fused else tf.keras.optimizers, cls)
+             for name, cls in (("adam", "Adam"), ("adagrad", "Adagrad"), ("sgd", "SGD"))}
+    if cfg.weight_decay:
+        kinds = {name: _DECAYED[cfg.fused, name] for name in kinds}
+        common["weight_decay"] = cfg.weight_decay
     if cfg.name == "adam":
-        return kinds.Adam(beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon, **common)
+        return kinds["adam"](beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon, **common)
     if cfg.name == "adagrad":
-        return kinds.Adagrad(initial_accumulator_value=cfg.initial_accumulator_value, epsilon=cfg.epsilon, **common)
-    return kinds.SGD(momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+        return kinds["adagrad"](initial_accumulator_value=cfg.initial_accumulator_value, epsilon=cfg.epsilon,
+                                **common)
+    return kinds["sgd"](momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
 
 
 def build_slots(optimizer, variables) -> None:
