@@ -256,10 +256,13 @@ def test_weight_decay_shrinks_matrices_not_biases_the_same_in_both_optimizer_kin
                                                                           "sgd": "SGD"}[name]
 
 
-def test_weight_decay_trains_and_is_recorded(tmp_path):
-    """A run with weight decay trains end to end (the decayed optimizer inside model.fit) and MLflow has
-    the value; a negative one stops before training."""
-    _, result = train(tmp_path, ["optimizer.weight_decay=0.1", "tracking.log_model=false"])
+@pytest.mark.parametrize("strategy,fused", [("none", "true"), ("mirrored", "false")])
+def test_weight_decay_trains_and_is_recorded(tmp_path, strategy, fused):
+    """A run with weight decay trains end to end (the decayed optimizer inside model.fit, also through a
+    tf.distribute strategy's cross-replica update) and MLflow has the value; a negative one stops
+    before training."""
+    _, result = train(tmp_path, ["optimizer.weight_decay=0.1", f"optimizer.fused={fused}", f"strategy={strategy}",
+                                 "tracking.log_model=false"])
     assert math.isfinite(result.metrics["test_ndcg_10"])
     assert mlflow_run(tmp_path, result.run_id).data.params["optimizer.weight_decay"] == "0.1"
     with pytest.raises(ConfigError, match=r"optimizer\.weight_decay: must be >= 0 \(got -0\.1\)"):
