@@ -74,35 +74,31 @@ class _LegacyDecoupledDecay:
         super().__init__(*args, **kwargs)
         self.weight_decay = weight_decay
 
-    def _decay(self, var):
+    def _decay_first(self, var):
+        """A context whose ops run after ``var``'s decay (none for a variable that does not decay)."""
+        if not decays(var):
+            return tf.control_dependencies([])
         lr = self._decayed_lr(var.dtype.base_dtype)
-        return var.assign_sub(var * lr * tf.cast(self.weight_decay, var.dtype.base_dtype), read_value=False)
+        decay = var.assign_sub(var * lr * tf.cast(self.weight_decay, var.dtype.base_dtype), read_value=False)
+        return tf.control_dependencies([decay])
 
     def _resource_apply_dense(self, grad, var, apply_state=None):
-        if not decays(var):
-            return super()._resource_apply_dense(grad, var, apply_state)
-        with tf.control_dependencies([self._decay(var)]):
+        with self._decay_first(var):
             return super()._resource_apply_dense(grad, var, apply_state)
 
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
-        if not decays(var):
-            return super()._resource_apply_sparse(grad, var, indices, apply_state)
-        with tf.control_dependencies([self._decay(var)]):
+        with self._decay_first(var):
             return super()._resource_apply_sparse(grad, var, indices, apply_state)
 
     def get_config(self):
         return {**super().get_config(), "weight_decay": self.weight_decay}
 
 
-_legacy = tf.keras.optimizers.legacy
-_DECAYED = {
-    (True, "adam"): type("AdamW", (_LegacyDecoupledDecay, _legacy.Adam), {}),
-    (True, "adagrad"): type("AdagradW", (_LegacyDecoupledDecay, _legacy.Adagrad), {}),
-    (True, "sgd"): type("SGDW", (_LegacyDecoupledDecay, _legacy.SGD), {}),
-    (False, "adam"): type("AdamW", (_MatricesOnly, tf.keras.optimizers.Adam), {}),
-    (False, "adagrad"): type("AdagradW", (_MatricesOnly, tf.keras.optimizers.Adagrad), {}),
-    (False, "sgd"): type("SGDW", (_MatricesOnly, tf.keras.optimizers.SGD), {}),
-}
+_KINDS = {True: tf.keras.optimizers.legacy, False: tf.keras.optimizers}  # by optimizer.fused
+_NAMES = {"adam": "Adam", "adagrad": "Adagrad", "sgd": "SGD"}
+_PLAIN = {(fused, name): getattr(kinds, cls) for fused, kinds in _KINDS.items() for name, cls in _NAMES.items()}
+_DECAYED = {(fused, name): type(f"{cls.__name__}W", (_LegacyDecoupledDecay if fused else _MatricesOnly, cls), {})
+            for (fused, name), cls in _PLAIN.items()}  # AdamW, AdagradW, SGDW of either kind
 
 
 def build_optimizer(cfg: OptimizerConfig, run_steps: int | None = None):
@@ -110,19 +106,16 @@ def build_optimizer(cfg: OptimizerConfig, run_steps: int | None = None):
     update kernels) when ``optimizer.fused``, else the new ``tf.keras.optimizers`` one; with
     ``optimizer.weight_decay`` > 0, the same optimizer with decoupled weight decay on its matrices
     (AdamW, SGDW, ...), either kind. Without it, the plain Keras class, unchanged."""
-    lr = learning_rate(cfg.learning_rate, cfg.schedule, run_steps)
-    common = {"learning_rate": lr, "clipnorm": cfg.clipnorm}
-    kinds = {name: getattr(_legacy if cfg.fused else tf.keras.optimizers, cls)
-             for name, cls in (("adam", "Adam"), ("adagrad", "Adagrad"), ("sgd", "SGD"))}
+    kwargs = {"learning_rate": learning_rate(cfg.learning_rate, cfg.schedule, run_steps), "clipnorm": cfg.clipnorm}
     if cfg.weight_decay:
-        kinds = {name: _DECAYED[cfg.fused, name] for name in kinds}
-        common["weight_decay"] = cfg.weight_decay
+        kwargs["weight_decay"] = cfg.weight_decay
     if cfg.name == "adam":
-        return kinds["adam"](beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon, **common)
-    if cfg.name == "adagrad":
-        return kinds["adagrad"](initial_accumulator_value=cfg.initial_accumulator_value, epsilon=cfg.epsilon,
-                                **common)
-    return kinds["sgd"](momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
+        kwargs.update(beta_1=cfg.beta_1, beta_2=cfg.beta_2, epsilon=cfg.epsilon)
+    elif cfg.name == "adagrad":
+        kwargs.update(initial_accumulator_value=cfg.initial_accumulator_value, epsilon=cfg.epsilon)
+    else:
+        kwargs.update(momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return (_DECAYED if cfg.weight_decay else _PLAIN)[cfg.fused, cfg.name](**kwargs)
 
 
 def build_slots(optimizer, variables) -> None:
