@@ -551,22 +551,37 @@ class StrategyConfig:
 # --------------------------------------------------------------------------------------
 # sections of the root config (not groups)
 # --------------------------------------------------------------------------------------
+QUANTILE_OUTPUTS = (None, "uniform", "normal")
+
+
 @dataclass
 class FeatureTransform:
-    """Per-feature preprocessing, applied in this order: signed log1p, standardize, clip.
+    """Per-feature preprocessing, applied in this order: signed log1p, standardize or quantile
+    transform, clip.
 
     ``standardize`` uses mean/variance computed on the training data (after log1p when both
-    are on); the statistics are constants inside the model, so serving applies them too.
+    are on). ``quantile`` maps each value to its rank among the training values (``quantiles``
+    points of their distribution, interpolated; tied values to the middle of their block), then to
+    ``uniform`` [0, 1] or a standard ``normal`` (scikit-learn's QuantileTransformer, "RankGauss"):
+    the usual input for neural nets on tabular features, whatever their scale or skew. Either
+    statistic is a constant inside the model, so serving applies it too.
     """
 
     log1p: bool = True
     standardize: bool = False
+    quantile: Optional[str] = None  # null | uniform | normal
+    quantiles: int = 1000
     clip_min: Optional[float] = None
     clip_max: Optional[float] = None
 
     def check(self, key: str) -> None:
         if self.clip_min is not None and self.clip_max is not None:
             _check(self.clip_min < self.clip_max, f"{key}.clip_min", "must be < clip_max")
+        _check(self.quantile in QUANTILE_OUTPUTS, f"{key}.quantile",
+               f"{self.quantile!r} not in (null, 'uniform', 'normal')")
+        _check(not (self.standardize and self.quantile), f"{key}.quantile",
+               "cannot be combined with standardize: true (choose one)")
+        _check(self.quantiles >= 2, f"{key}.quantiles", f"must be >= 2 (got {self.quantiles})")
 
 
 @dataclass

@@ -125,7 +125,7 @@ def test_grouped_preprocessing_equals_one_function_per_feature():
     from ranking_exp.config import FeatureOverride, FeatureTransform, PreprocessConfig
     from ranking_exp.data.spec import Feature, FeatureSpec
     from ranking_exp.model.preprocess import (GroupedPreprocessor, build_preprocessor, feature_fn,
-                                              fit_standardization, transforms_by_feature)
+                                              fit_statistics, transforms_by_feature)
 
     spec = FeatureSpec(context=(Feature("q1"), Feature("q2"), Feature("qv", shape=(3,))),
                        example=tuple(Feature(f"f{i}") for i in range(6)) + (Feature("count", dtype="int64"),))
@@ -148,7 +148,7 @@ def test_grouped_preprocessing_equals_one_function_per_feature():
     assert sorted(sorted(names) for names, _ in grouped._groups) == [
         ["f0", "f1", "f5"], ["f2", "f3"], ["q1", "q2"]]  # f4, qv (shape 3) and count (int) alone
     transforms = transforms_by_feature(cfg, spec)
-    stats = fit_standardization(batches, spec, transforms)
+    stats = fit_statistics(batches, spec, transforms)
     reference = tfr.keras.model.PreprocessorWithSpec({n: feature_fn(t, stats.get(n)) for n, t in transforms.items()})
     got_context, got_example = grouped(context, example, mask)
     want_context, want_example = reference(context, example, mask)

@@ -104,17 +104,17 @@ def test_standardization_uses_training_statistics(tmp_path):
     from ranking_exp.data.builder import RankingDatasetBuilder
     from ranking_exp.data.elwc import read_elwc
     from ranking_exp.data.sources import prepare
-    from ranking_exp.model.preprocess import fit_standardization, signed_log1p
+    from ranking_exp.model.preprocess import fit_statistics, signed_log1p
 
     run, _ = compose_run(tmp_path, TINY)
     data = prepare(run.dataset)
     builder = RankingDatasetBuilder(data, run.train, seed=0)
     name = data.spec.example_names[0]
-    stats = fit_standardization(builder.build_split_dataset("train"), data.spec,
-                                {name: FeatureTransform(log1p=True, standardize=True)})
+    stats = fit_statistics(builder.build_split_dataset("train"), data.spec,
+                           {name: FeatureTransform(log1p=True, standardize=True)})
     values = np.concatenate([ex[name].reshape(-1) for _, ex, _ in read_elwc(data.split("train").files, data.spec)])
     expected = signed_log1p(tf.constant(values, tf.float64)).numpy()
-    mean, std = stats[name]
+    mean, std = stats[name].mean, stats[name].std
     assert mean[0] == pytest.approx(expected.mean(), rel=1e-4)
     assert std[0] == pytest.approx(expected.std(), rel=1e-4)
 

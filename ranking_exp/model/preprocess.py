@@ -1,12 +1,13 @@
 """Per-feature preprocessing inside the model, so serving applies exactly what training did.
 
-Each feature gets signed log1p, standardization and clipping as configured (in that order).
-Standardization statistics come from one pass over the training data and are stored in the
-model as constants.
+Each feature gets signed log1p, standardization or a quantile transform, and clipping as
+configured (in that order). Their statistics come from one pass over the training data and are
+stored in the model as constants.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -34,50 +35,113 @@ def transforms_by_feature(cfg: PreprocessConfig, spec: FeatureSpec) -> dict[str,
     return {name: overrides.get(name, cfg.default) for name in known}
 
 
-def fit_standardization(batches: Iterable, spec: FeatureSpec,
-                        transforms: dict[str, FeatureTransform]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Mean and std of each standardized feature (after log1p where on), real documents only.
+class FeatureStats(NamedTuple):
+    """One feature's training statistics: ``mean``/``std`` [d], or ``quantiles`` [points, d]."""
+
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    quantiles: np.ndarray | None = None
+
+
+QUANTILE_SAMPLE = 100_000  # documents kept (uniformly at random) to place a feature's quantiles
+
+
+def fit_statistics(batches: Iterable, spec: FeatureSpec,
+                   transforms: dict[str, FeatureTransform]) -> dict[str, FeatureStats]:
+    """What standardized and quantile-transformed features need from the training data, in one
+    pass over it: mean and std, or ``quantiles`` points of the distribution (of the values after
+    log1p where on; real documents only; at most ``QUANTILE_SAMPLE`` documents, drawn uniformly).
 
     ``batches`` yields ``(features, labels)`` as TF Ranking's dataset builders produce them.
     """
-    names = [n for n, t in transforms.items() if t.standardize]
+    names = [n for n, t in transforms.items() if t.standardize or t.quantile]
     if not names:
         return {}
     context = set(spec.context_names)
+    rng = np.random.default_rng(0)
     sums = {n: 0.0 for n in names}
     sqs = {n: 0.0 for n in names}
     counts = {n: 0 for n in names}
+    samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> (values, their random keys)
     for features, _ in batches:
         mask = features[spec.mask_name].numpy()
         for n in names:
             x = tf.cast(features[n], tf.float32)
             if transforms[n].log1p:
                 x = signed_log1p(x)
-            x = x.numpy().astype(np.float64)
+            x = x.numpy()
             x = x if n in context else x[mask]
             x = x.reshape(len(x), -1)
-            sums[n] = sums[n] + x.sum(axis=0)
-            sqs[n] = sqs[n] + (x * x).sum(axis=0)
             counts[n] += len(x)
+            if transforms[n].standardize:
+                x = x.astype(np.float64)
+                sums[n] = sums[n] + x.sum(axis=0)
+                sqs[n] = sqs[n] + (x * x).sum(axis=0)
+            else:  # bottom-k by random key: a uniform sample of every document seen so far
+                values, keys = samples.get(n, (x[:0], np.empty(0)))
+                values, keys = np.concatenate([values, x]), np.concatenate([keys, rng.random(len(x))])
+                if len(keys) > 2 * QUANTILE_SAMPLE:
+                    keep = np.argpartition(keys, QUANTILE_SAMPLE)[:QUANTILE_SAMPLE]
+                    values, keys = values[keep], keys[keep]
+                samples[n] = (values, keys)
     out = {}
     for n in names:
+        t = transforms[n]
         if counts[n] == 0:
-            raise ConfigError(f"preprocess.features.{n}: no training data to standardize with")
-        mean = sums[n] / counts[n]
-        var = np.maximum(sqs[n] / counts[n] - mean * mean, 0.0)
-        std = np.where(var > 1e-12, np.sqrt(var), 1.0)
-        out[n] = (mean.astype(np.float32), std.astype(np.float32))
+            raise ConfigError(f"preprocess.features.{n}: no training data to "
+                              f"{'standardize' if t.standardize else 'place quantiles'} with")
+        if t.standardize:
+            mean = sums[n] / counts[n]
+            var = np.maximum(sqs[n] / counts[n] - mean * mean, 0.0)
+            std = np.where(var > 1e-12, np.sqrt(var), 1.0)
+            out[n] = FeatureStats(mean=mean.astype(np.float32), std=std.astype(np.float32))
+        else:
+            values, keys = samples[n]
+            if len(keys) > QUANTILE_SAMPLE:
+                values = values[np.argpartition(keys, QUANTILE_SAMPLE)[:QUANTILE_SAMPLE]]
+            points = np.quantile(values.astype(np.float64), np.linspace(0.0, 1.0, t.quantiles), axis=0)
+            # float32 like the inputs, and non-decreasing after the cast as searchsorted needs
+            out[n] = FeatureStats(quantiles=np.maximum.accumulate(points.astype(np.float32), axis=0))
     return out
 
 
-def feature_fn(t: FeatureTransform, stats: tuple[np.ndarray, np.ndarray] | None) -> Callable[[tf.Tensor], tf.Tensor]:
+def _rank_on(values: tf.Tensor, points: tf.Tensor) -> tf.Tensor:
+    """Where each row of ``values`` [d, m] falls on its row of non-decreasing ``points`` [d, n],
+    as a fraction in [0, 1] interpolated between points; a value equal to a run of tied points
+    gets the run's last one. Below the first point 0, above the last 1."""
+    n = points.shape[-1]
+    hi = tf.clip_by_value(tf.searchsorted(points, values, side="right"), 1, n - 1)
+    lo = hi - 1
+    p_lo, p_hi = tf.gather(points, lo, batch_dims=1), tf.gather(points, hi, batch_dims=1)
+    gap = p_hi - p_lo
+    w = tf.where(gap > 0, (values - p_lo) / tf.where(gap > 0, gap, 1.0), tf.cast(values >= p_hi, tf.float32))
+    return (tf.cast(lo, tf.float32) + tf.clip_by_value(w, 0.0, 1.0)) / (n - 1)
+
+
+def quantile_transform(x: tf.Tensor, quantiles: np.ndarray, output: str) -> tf.Tensor:
+    """scikit-learn's QuantileTransformer inside the model: ``x`` [..., d] to the fraction of
+    training values below each value (the mean of the two ways of reading ties, so a value shared
+    by many documents lands mid-block), then to ``output``: uniform [0, 1] or a standard normal
+    (clipped to 1e-7 of either end, about +-5.2)."""
+    d = quantiles.shape[1]
+    points = tf.constant(np.ascontiguousarray(quantiles.T))
+    flat = tf.transpose(tf.reshape(x, [-1, d]))
+    u = 0.5 * (_rank_on(flat, points) + 1.0 - _rank_on(-flat, -points[:, ::-1]))
+    if output == "normal":  # from the nearer tail, so both ends clip alike in float32
+        z = tf.math.ndtri(tf.maximum(tf.minimum(u, 1.0 - u), 1e-7))
+        u = tf.where(u < 0.5, z, -z)
+    return tf.reshape(tf.transpose(u), tf.shape(x))
+
+
+def feature_fn(t: FeatureTransform, stats: FeatureStats | None) -> Callable[[tf.Tensor], tf.Tensor]:
     def apply(x: tf.Tensor) -> tf.Tensor:
         x = tf.cast(x, tf.float32)
         if t.log1p:
             x = signed_log1p(x)
         if t.standardize:
-            mean, std = stats
-            x = (x - tf.constant(mean)) / tf.constant(std)
+            x = (x - tf.constant(stats.mean)) / tf.constant(stats.std)
+        elif t.quantile:
+            x = quantile_transform(x, stats.quantiles, t.quantile)
         if t.clip_min is not None or t.clip_max is not None:
             lo = -np.inf if t.clip_min is None else t.clip_min
             hi = np.inf if t.clip_max is None else t.clip_max
@@ -113,14 +177,19 @@ def _groups(transforms: dict[str, FeatureTransform], stats: dict, spec: FeatureS
         for f in part:
             if f.shape == (1,) and f.dtype == "float32":
                 t = transforms[f.name]
-                key = (part is spec.context, t.log1p, t.standardize, t.clip_min, t.clip_max)
+                key = (part is spec.context, t.log1p, t.standardize, t.quantile,
+                       t.quantiles if t.quantile else None, t.clip_min, t.clip_max)
                 groups.setdefault(key, (t, []))[1].append(f.name)
     out = []
     for t, names in groups.values():
         if len(names) < 2:
             continue
-        merged = (np.concatenate([stats[n][0] for n in names]), np.concatenate([stats[n][1] for n in names])) \
-            if t.standardize else None
+        merged = None
+        if t.standardize:
+            merged = FeatureStats(mean=np.concatenate([stats[n].mean for n in names]),
+                                  std=np.concatenate([stats[n].std for n in names]))
+        elif t.quantile:
+            merged = FeatureStats(quantiles=np.concatenate([stats[n].quantiles for n in names], axis=1))
         out.append((names, feature_fn(t, merged)))
     return out
 
@@ -136,8 +205,8 @@ def build_preprocessor(cfg: PreprocessConfig, spec: FeatureSpec,
             raise ConfigError(f"preprocess.custom: {cfg.custom} returned a non-callable {type(pre).__name__}")
         return pre
     transforms = transforms_by_feature(cfg, spec)
-    stats = fit_standardization(train_batches(), spec, transforms) if any(
-        t.standardize for t in transforms.values()) else {}
+    stats = fit_statistics(train_batches(), spec, transforms) if any(
+        t.standardize or t.quantile for t in transforms.values()) else {}
     groups = _groups(transforms, stats, spec)
     grouped = {n for names, _ in groups for n in names}
     return GroupedPreprocessor(groups, preprocess_spec={
