@@ -46,6 +46,14 @@ class FeatureStats(NamedTuple):
 QUANTILE_SAMPLE = 100_000  # documents kept (uniformly at random) to place a feature's quantiles
 
 
+def _smallest_keys(values: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``QUANTILE_SAMPLE`` values with the smallest random keys (all of them if fewer)."""
+    if len(keys) <= QUANTILE_SAMPLE:
+        return values, keys
+    keep = np.argpartition(keys, QUANTILE_SAMPLE)[:QUANTILE_SAMPLE]
+    return values[keep], keys[keep]
+
+
 def fit_statistics(batches: Iterable, spec: FeatureSpec,
                    transforms: dict[str, FeatureTransform]) -> dict[str, FeatureStats]:
     """What standardized and quantile-transformed features need from the training data, in one
@@ -80,10 +88,7 @@ def fit_statistics(batches: Iterable, spec: FeatureSpec,
             else:  # bottom-k by random key: a uniform sample of every document seen so far
                 values, keys = samples.get(n, (x[:0], np.empty(0)))
                 values, keys = np.concatenate([values, x]), np.concatenate([keys, rng.random(len(x))])
-                if len(keys) > 2 * QUANTILE_SAMPLE:
-                    keep = np.argpartition(keys, QUANTILE_SAMPLE)[:QUANTILE_SAMPLE]
-                    values, keys = values[keep], keys[keep]
-                samples[n] = (values, keys)
+                samples[n] = _smallest_keys(values, keys) if len(keys) > 2 * QUANTILE_SAMPLE else (values, keys)
     out = {}
     for n in names:
         t = transforms[n]
@@ -96,9 +101,7 @@ def fit_statistics(batches: Iterable, spec: FeatureSpec,
             std = np.where(var > 1e-12, np.sqrt(var), 1.0)
             out[n] = FeatureStats(mean=mean.astype(np.float32), std=std.astype(np.float32))
         else:
-            values, keys = samples[n]
-            if len(keys) > QUANTILE_SAMPLE:
-                values = values[np.argpartition(keys, QUANTILE_SAMPLE)[:QUANTILE_SAMPLE]]
+            values, _ = _smallest_keys(*samples[n])
             points = np.quantile(values.astype(np.float64), np.linspace(0.0, 1.0, t.quantiles), axis=0)
             # float32 like the inputs, and non-decreasing after the cast as searchsorted needs
             out[n] = FeatureStats(quantiles=np.maximum.accumulate(points.astype(np.float32), axis=0))
