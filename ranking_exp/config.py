@@ -752,9 +752,17 @@ class TrainConfig:
     # (the last epoch is exported, LightGBM first finds its number of trees by early stopping on
     # vali, then refits that many on both), and validation metrics become in-sample.
     splits: list[str] = field(default_factory=lambda: ["train"])
+    # List augmentation for small collections: every epoch, each training document is left out of
+    # its list with this probability (drawn anew per epoch, seeded by ``seed``), so the model sees
+    # new lists of the same queries. A left-out document is padding to the model and the loss
+    # (mask off, label < 0, features at their defaults); a list that would lose all its documents
+    # keeps them all. Validation, test and serving lists are always whole.
+    document_dropout: float = 0.0
 
     def __post_init__(self):
         _check(self.epochs > 0, "train.epochs", f"must be > 0 (got {self.epochs})")
+        _check(math.isfinite(self.document_dropout) and 0 <= self.document_dropout < 1, "train.document_dropout",
+               f"must be in [0, 1) (got {self.document_dropout})")
         _check(list(self.splits) in (["train"], ["train", "vali"]), "train.splits",
                f"must be [train] or [train, vali] (got {list(self.splits)})")
         _check(self.batch_size > 0, "train.batch_size", "must be > 0")
@@ -875,6 +883,11 @@ class RunConfig:
             _check(self.metrics.monitor.startswith("ndcg_"), "metrics.monitor",
                    f"scorer=lightgbm stops early on LightGBM's ndcg@k: monitor an ndcg_k metric (got {self.metrics.monitor!r})")
             _check(self.model.builder is None, "model.builder", "does not apply to scorer=lightgbm")
+            _check(self.train.document_dropout == 0, "train.document_dropout",
+                   "does not apply to scorer=lightgbm (it trains on whole lists outside TensorFlow)")
+        if self.train.document_dropout > 0:
+            _check(self.strategy.shard_policy != "file", "strategy.shard_policy",
+                   "file sharding cannot split train.document_dropout's random draws: use auto or data")
         if self.ensemble.enabled:
             _check(not isinstance(self.scorer, LightGBMScorerConfig), "ensemble.seeds",
                    "ensembles are of neural scorers; scorer=lightgbm is not supported (set ensemble.seeds=null)")

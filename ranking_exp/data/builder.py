@@ -76,8 +76,8 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
         if self._num_workers <= 1:
             return dataset
         policy = self._shard_policy
-        if policy == "auto":
-            policy = "file" if num_files >= self._num_workers else "data"
+        if policy == "auto":  # document dropout's draws are a second source, which FILE can't shard
+            policy = "file" if num_files >= self._num_workers and not self._train.document_dropout else "data"
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.FILE if policy == "file" else tf.data.experimental.AutoShardPolicy.DATA)
@@ -149,8 +149,36 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
         dataset = dataset.padded_batch(batch_size, padded_shapes=shapes, padding_values=tuple(
             tf.constant(value, dtype=spec.dtype) for spec, (_, _, value) in zip(dataset.element_spec, groups)))
         dataset = dataset.map(unstack, num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = self._with_cardinality(dataset, files, batch_size)
+        dataset = self._with_cardinality(self._drop_documents(dataset), files, batch_size)
         return self._auto_shard(dataset.prefetch(tf.data.AUTOTUNE), len(files))
+
+    def _drop_documents(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        """``train.document_dropout``: each batch's documents left out with that probability, by
+        draws that are seeded and new every epoch (``Dataset.random`` zipped alongside). A
+        left-out document becomes padding: mask off, label -1, example features at their
+        padding values; a list that would lose every document keeps them all."""
+        rate = self._train.document_dropout
+        if not rate:
+            return dataset
+        padding = self._padding_values()
+        example = set(self._example_spec)
+        mask_name = self._mask_feature_name
+
+        def drop(batch, draw):
+            features, labels = batch
+            mask = features[mask_name]
+            keep = tf.random.stateless_uniform(tf.shape(mask), seed=tf.stack([draw, tf.constant(0, tf.int64)])) >= rate
+            keep = keep | ~tf.reduce_any(keep & mask, axis=1, keepdims=True)
+            out = dict(features)
+            out[mask_name] = mask & keep
+            for name, t in features.items():
+                if name in example:
+                    k = tf.reshape(keep, tf.concat([tf.shape(keep), tf.ones([t.shape.rank - 2], tf.int32)], 0))
+                    out[name] = tf.where(k, t, tf.constant(padding[name], dtype=t.dtype))
+            return out, tf.where(keep, labels, tf.constant(-1, dtype=labels.dtype))
+
+        draws = tf.data.Dataset.random(seed=self._seed, rerandomize_each_iteration=True)
+        return tf.data.Dataset.zip((dataset, draws)).map(drop, num_parallel_calls=tf.data.AUTOTUNE)
 
     def _build_dataset(self, file_pattern, batch_size, list_size=None, randomize_input=True, num_epochs=None):
         del num_epochs  # always one pass: Keras' epochs count passes over the data
@@ -176,6 +204,8 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
             seed=self._seed,
         )
         dataset = dataset.map(self._features_and_labels, num_parallel_calls=tf.data.AUTOTUNE)
+        if randomize_input:
+            dataset = self._drop_documents(dataset)
         dataset = self._with_cardinality(dataset, files, batch_size)
         if cache and not randomize_input:  # fixed order: the parsed batches themselves
             dataset = dataset.cache()
