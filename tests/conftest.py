@@ -26,3 +26,12 @@ def data_cache(tmp_path_factory) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return path
+
+
+@pytest.fixture
+def fresh_keras():
+    """A new Keras graph and layer-name counter per test (``pytestmark = usefixtures(...)``)."""
+    import tensorflow as tf
+
+    tf.keras.backend.clear_session()
+    yield

@@ -20,6 +20,11 @@ TINY = [
 ]
 
 
+# Runs that train and evaluate, without the extras (exports but the last, logs, backups).
+QUICK = ["tracking.log_model=false", "export.best=false", "callbacks.tensorboard.enabled=false",
+         "callbacks.checkpoint.enabled=false", "train.resume=false"]
+
+
 def tiny(overrides: list[str]) -> list[str]:
     """TINY plus a small DNN unless another scorer is chosen, then ``overrides``."""
     other_scorer = any(o.startswith("scorer=") and o != "scorer=dnn" for o in overrides)

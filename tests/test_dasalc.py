@@ -18,11 +18,7 @@ from tests.helpers import compose_run, tiny
 
 SMALL_DASALC = ["scorer=dasalc", "scorer.hidden_layer_dims=[16,8]", "scorer.head_size=8"]
 
-
-@pytest.fixture(autouse=True)
-def fresh_keras():
-    tf.keras.backend.clear_session()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 
 def _batch(spec, lists, width: int, rng: np.random.Generator) -> dict[str, tf.Tensor]:

@@ -7,16 +7,9 @@ import tensorflow as tf
 
 from ranking_exp.errors import ConfigError
 from ranking_exp.experiment import run_training
-from tests.helpers import compose_run, tiny
+from tests.helpers import QUICK, compose_run, tiny
 
-QUICK = ["tracking.log_model=false", "export.best=false", "callbacks.tensorboard.enabled=false",
-         "callbacks.checkpoint.enabled=false", "train.resume=false"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_keras():
-    tf.keras.backend.clear_session()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -16,11 +16,7 @@ from ranking_exp.model.fast_layers import ByteDropout, FusedBatchNormalization, 
 from ranking_exp.train.optimizer import build_optimizer
 from tests.helpers import compose_run, tiny
 
-
-@pytest.fixture(autouse=True)
-def fresh_keras():
-    tf.keras.backend.clear_session()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 
 def test_fused_batch_norm_normalizes_and_tracks_statistics_as_keras_does():

@@ -11,17 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from ranking_exp.errors import ConfigError, TrainingDiverged
 from ranking_exp.experiment import run_training
-from tests.helpers import compose_run, tiny
+from tests.helpers import QUICK, compose_run, tiny
 
-# Runs that train and evaluate, without the extras (exports but the last, logs, backups).
-QUICK = ["tracking.log_model=false", "export.best=false", "callbacks.tensorboard.enabled=false",
-         "callbacks.checkpoint.enabled=false", "train.resume=false"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_keras():
-    tf.keras.backend.clear_session()
-    yield
+pytestmark = pytest.mark.usefixtures("fresh_keras")
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "fast", "2.5", "true"])
