@@ -34,19 +34,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired_compare import MQ2008, collect, file_scores, per_query, split_file  # noqa: E402
+from paired_compare import MQ2008, collect, file_scores, per_query, split_file, trained_on_train_only  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "blend_screen.json"
 METRICS = ["ndcg_10", "ndcg_5"]
-
-
-def trained_on_train_only(run_dir: Path) -> None:
-    from omegaconf import OmegaConf
-
-    config = run_dir / ".hydra" / "config.yaml"
-    splits = list(OmegaConf.load(config).train.splits) if config.is_file() else None
-    if splits != ["train"]:
-        sys.exit(f"error: {run_dir}: trained on {splits}, not [train]: its vali scores would be in sample")
 
 
 def standardized(scores: np.ndarray) -> np.ndarray:

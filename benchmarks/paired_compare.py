@@ -19,8 +19,15 @@ the same features; each run's recorded test metric is checked to lie between the
 breaking every tie against and in favour of the labels give (the standard metrics break ties at
 random; LightGBM's coarse leaves tie often). Reads only test lists of finished runs: it chooses nothing.
 
+``--split vali`` pairs two screened configurations on the validation lists instead (every run must
+have trained on train only, else its vali scores are in sample: refused), to say how large a vali
+difference a screen can tell from the luck of its ~800 vali queries. ``--average scores`` makes a
+ranker of several runs one ensemble (each document's raw scores averaged, as ``ensemble.seeds``'s
+export does) instead of the mean of the runs' per-query values.
+
 Usage: python benchmarks/paired_compare.py --a RUN [RUN ...] --b RUN [RUN ...] [--names A B]
-       [--data ../shared/data/MQ2008] [--metrics ndcg_10 ndcg_5] [--goal 0.710] [--out FILE]
+       [--data ../shared/data/MQ2008] [--metrics ndcg_10 ndcg_5] [--goal 0.710] [--split test|vali]
+       [--average metrics|scores] [--out FILE]
 Writes benchmarks/results/paired_compare.json (or --out) and prints a table.
 """
 from __future__ import annotations
@@ -69,6 +76,16 @@ def collect(paths: list[str]) -> dict[str, list[dict]]:
     if len(counts) != 1:
         sys.exit(f"error: {paths}: the runs cover different folds ({ {k: len(v) for k, v in sorted(out.items())} })")
     return out
+
+
+def trained_on_train_only(run_dir: Path) -> None:
+    """Exits in one line unless the run at ``run_dir`` trained on ``train.splits=[train]``."""
+    from omegaconf import OmegaConf
+
+    config = run_dir / ".hydra" / "config.yaml"
+    splits = list(OmegaConf.load(config).train.splits) if config.is_file() else None
+    if splits != ["train"]:
+        sys.exit(f"error: {run_dir}: trained on {splits}, not [train]: its vali scores would be in sample")
 
 
 def split_file(fold_dir: Path, split: str) -> Path:
@@ -140,24 +157,34 @@ def ties_broken(labels: list[np.ndarray], scores: list[np.ndarray], best: bool) 
     return out
 
 
-def ranker_values(runs: dict[str, list[dict]], data: Path, names: list[str]) -> tuple[dict, dict]:
-    """``{fold: {metric: per-query values}}`` (mean over the ranker's runs) and the check against
-    what each run recorded: ``{fold: {metric: how far the recorded test value lies outside the
-    fold means that breaking every tie against / in favour of the labels give}}`` (0 when inside).
-    The standard metrics break tied scores at random, so a model with many ties (LightGBM's coarse
-    leaves) reproduces its record only within those bounds."""
+def ranker_values(runs: dict[str, list[dict]], data: Path, names: list[str], split: str = "test",
+                  average: str = "metrics") -> tuple[dict, dict]:
+    """``{fold: {metric: per-query values}}`` (the mean over the ranker's runs, or with ``average=
+    scores`` the values of their averaged scores) and, on test, the check against what each run
+    recorded: ``{fold: {metric: how far the recorded test value lies outside the fold means that
+    breaking every tie against / in favour of the labels give}}`` (0 when inside). The standard
+    metrics break tied scores at random, so a model with many ties (LightGBM's coarse leaves)
+    reproduces its record only within those bounds. Runs record no metric of their vali lists'
+    exported model to check against (their best epoch's is), so on vali there is no check."""
     values, drift = {}, {}
     for fold, results in sorted(runs.items()):
-        per_run, outside = [], {n: 0.0 for n in names}
+        per_run, run_scores, outside = [], [], {n: 0.0 for n in names}
         for r in results:
-            labels, scores = file_scores(Path(r["model_dir"]), split_file(data / fold, "test"))
+            labels, scores = file_scores(Path(r["model_dir"]), split_file(data / fold, split))
             per_run.append(per_query(labels, scores, names, seed=0))
+            run_scores.append(scores)
+            if split != "test":
+                continue
             worst = per_query(labels, ties_broken(labels, scores, best=False), names, seed=0)
             best = per_query(labels, ties_broken(labels, scores, best=True), names, seed=0)
             for n in names:
                 recorded, low, high = r["metrics"][f"test_{n}"], float(worst[n].mean()), float(best[n].mean())
                 outside[n] = max(outside[n], low - recorded, recorded - high, 0.0)
-        values[fold] = {n: np.mean([v[n] for v in per_run], axis=0) for n in names}
+        if average == "scores":
+            pooled = per_query(labels, [np.mean(q, axis=0) for q in zip(*run_scores)], names, seed=0)
+            values[fold] = {n: pooled[n] for n in names}
+        else:
+            values[fold] = {n: np.mean([v[n] for v in per_run], axis=0) for n in names}
         drift[fold] = outside
     return values, drift
 
@@ -209,6 +236,10 @@ def main() -> None:
     p.add_argument("--resamples", type=int, default=10000)
     p.add_argument("--goal", type=float, default=None, help="a target for A's first metric (e.g. 0.710)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["test", "vali"], default="test",
+                   help="the lists to pair on (vali: runs trained on train only)")
+    p.add_argument("--average", choices=["metrics", "scores"], default="metrics",
+                   help="several runs of a ranker: mean of their per-query values, or one ensemble of their scores")
     p.add_argument("--out", default=str(OUT))
     a = p.parse_args()
     data = Path(a.data).resolve()
@@ -217,14 +248,17 @@ def main() -> None:
     runs_a, runs_b = collect(a.a), collect(a.b)
     if sorted(runs_a) != sorted(runs_b):
         sys.exit(f"error: A covers {sorted(runs_a)}, B {sorted(runs_b)}: pair them on the same folds")
-    values_a, drift_a = ranker_values(runs_a, data, a.metrics)
-    values_b, drift_b = ranker_values(runs_b, data, a.metrics)
+    if a.split == "vali":
+        for d in [*a.a, *a.b]:
+            trained_on_train_only(Path(d).resolve())
+    values_a, drift_a = ranker_values(runs_a, data, a.metrics, a.split, a.average)
+    values_b, drift_b = ranker_values(runs_b, data, a.metrics, a.split, a.average)
     worst = max(v for d in (drift_a, drift_b) for f in d.values() for v in f.values())
     if worst > RECORDED_TOLERANCE:
         sys.exit(f"error: a run's recorded test metric lies {worst:.4f} outside what its export scores here "
                  f"with any tie-breaking (> {RECORDED_TOLERANCE}): {drift_a} {drift_b}")
     result = {"a": {"name": a.names[0], "runs": a.a}, "b": {"name": a.names[1], "runs": a.b},
-              "folds": sorted(runs_a), "resamples": a.resamples, "goal": a.goal,
+              "folds": sorted(runs_a), "split": a.split, "average": a.average, "resamples": a.resamples, "goal": a.goal,
               "statistic": "mean over folds of the fold's mean over queries with a relevant document",
               "recorded_outside_tie_bounds": worst,
               "metrics": compare(values_a, values_b, a.metrics, a.resamples, a.goal, a.seed)}
@@ -242,8 +276,9 @@ def main() -> None:
     if a.goal is not None:
         print(f"{A}'s {a.metrics[0]} >= {a.goal} in {100 * first['a_share_of_bootstrap_at_or_above_goal']:.1f}% "
               f"of the bootstrap resamples")
-    print(f"({first['queries']} test queries with a relevant document, {len(result['folds'])} folds; "
-          f"every run's recorded test metrics within the bounds its ties allow, to {worst:.1e})")
+    checked = (f"every run's recorded test metrics within the bounds its ties allow, to {worst:.1e}"
+               if a.split == "test" else "runs trained on train only")
+    print(f"({first['queries']} {a.split} queries with a relevant document, {len(result['folds'])} folds; {checked})")
 
 
 if __name__ == "__main__":

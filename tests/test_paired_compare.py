@@ -151,3 +151,37 @@ def test_blends_are_screened_on_vali_from_runs_that_never_trained_on_it(runs):
                         "--out", str(tmp / "refused.json")], cwd=tmp, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "Traceback" not in r.stderr and not (tmp / "refused.json").exists()
     assert "trained on ['train', 'vali'], not [train]" in r.stderr
+
+
+@pytest.mark.slow
+def test_screened_rankers_pair_on_vali_as_one_ensemble_or_as_the_mean_of_their_runs(runs):
+    """``--split vali``: the same numbers blend_screen.py computes on its own for the averaged scores
+    (``--average scores``) and for each run alone (the default mean of per-query values); a refit
+    run trained on those lists is refused in one line, nothing written."""
+    tmp, data, dirs = runs
+    blend_out = tmp / "blend_vali.json"
+    r = subprocess.run([sys.executable, str(BLEND), "--neural", str(dirs["neural"]), "--with", str(dirs["lightgbm"]),
+                        "--trees", "5", "--weights", "0", "--data", str(data), "--out", str(blend_out)],
+                       cwd=tmp, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    blend = json.loads(blend_out.read_text())["mean_vali"]
+    means = {}
+    for average in ("scores", "metrics"):
+        out = tmp / f"paired_vali_{average}.json"
+        r = subprocess.run([sys.executable, str(SCRIPT), "--a", str(dirs["neural"]), str(dirs["lightgbm"]), "--b",
+                            str(dirs["lightgbm"]), "--split", "vali", "--average", average, "--resamples", "200",
+                            "--data", str(data), "--out", str(out)], cwd=tmp, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        result = json.loads(out.read_text())
+        assert result["split"] == "vali" and "vali queries with a relevant document" in r.stdout
+        means[average] = result["metrics"]["ndcg_10"]["a_mean"]
+        assert result["metrics"]["ndcg_10"]["b_mean"] == pytest.approx(blend["with"]["ndcg_10"])
+    assert means["scores"] == pytest.approx(blend["neural+with"]["ndcg_10"])
+    assert means["metrics"] == pytest.approx((blend["neural"]["ndcg_10"] + blend["with"]["ndcg_10"]) / 2)
+    assert means["scores"] != pytest.approx(means["metrics"])
+
+    r = subprocess.run([sys.executable, str(SCRIPT), "--a", str(dirs["neural"]), "--b", str(dirs["lightgbm_refit"]),
+                        "--split", "vali", "--data", str(data), "--out", str(tmp / "refused.json")],
+                       cwd=tmp, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and not (tmp / "refused.json").exists()
+    assert "trained on ['train', 'vali'], not [train]" in r.stderr
