@@ -42,8 +42,9 @@ def _passes(builder, n):
 
 @pytest.mark.parametrize("cache", ["memory", "none"])
 def test_dropped_documents_become_padding_and_kept_ones_are_untouched(tmp_path, cache):
-    whole_builder, spec = _builder(tmp_path / "whole", [f"train.cache={cache}"])
-    dropped_builder, _ = _builder(tmp_path / "dropped", [f"train.cache={cache}", "train.document_dropout=0.3"])
+    same = [f"train.cache={cache}", "train.shuffle_buffer=1"]  # one order every pass: only the draws differ
+    whole_builder, spec = _builder(tmp_path / "whole", same)
+    dropped_builder, _ = _builder(tmp_path / "dropped", [*same, "train.document_dropout=0.3"])
     whole, dropped = _passes(whole_builder, 2), _passes(dropped_builder, 2)
     mask_name, names = spec.mask_name, spec.example_names
     real = kept = 0
@@ -66,9 +67,26 @@ def test_dropped_documents_become_padding_and_kept_ones_are_untouched(tmp_path, 
     assert 0.62 < kept / real < 0.78  # about 1 - 0.3
     first, second = (np.concatenate([f[mask_name].ravel() for f, _ in e]) for e in dropped)
     assert not np.array_equal(first, second)  # new draws every epoch
-    again, _ = _builder(tmp_path / "again", [f"train.cache={cache}", "train.document_dropout=0.3"])
+    again, _ = _builder(tmp_path / "again", [*same, "train.document_dropout=0.3"])
     replay = _passes(again, 2)
     assert all(np.array_equal(a[0][mask_name], b[0][mask_name]) for e, r in zip(dropped, replay) for a, b in zip(e, r))
+
+
+def test_the_training_loops_one_repeating_iterator_draws_anew_every_epoch(tmp_path):
+    """Training runs one iterator over ``build_train_dataset().repeat()``: each pass must drop other
+    documents, and the same seed must replay the same passes. (No shuffling, so that only the
+    draws can tell one pass from the next.)"""
+    def masks(path, rate):
+        builder, spec = _builder(path, [f"train.document_dropout={rate}", "train.shuffle_buffer=1"])
+        n = builder.num_batches("train")
+        flat = [f[spec.mask_name].numpy() for f, _ in builder.build_train_dataset().repeat().take(3 * n)]
+        return [np.concatenate([m.ravel() for m in flat[i * n:(i + 1) * n]]) for i in range(3)]
+
+    whole = masks(tmp_path / "whole", 0.0)
+    assert np.array_equal(whole[0], whole[1])  # the same lists in the same order every pass
+    first, again = masks(tmp_path / "a", 0.3), masks(tmp_path / "b", 0.3)
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+    assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[1], first[2])
 
 
 def test_validation_lists_stay_whole(tmp_path):
