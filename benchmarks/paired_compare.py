@@ -168,10 +168,9 @@ def ranker_values(runs: dict[str, list[dict]], data: Path, names: list[str], spl
     exported model to check against (their best epoch's is), so on vali there is no check."""
     values, drift = {}, {}
     for fold, results in sorted(runs.items()):
-        per_run, run_scores, outside = [], [], {n: 0.0 for n in names}
+        run_scores, outside = [], {n: 0.0 for n in names}
         for r in results:
             labels, scores = file_scores(Path(r["model_dir"]), split_file(data / fold, split))
-            per_run.append(per_query(labels, scores, names, seed=0))
             run_scores.append(scores)
             if split != "test":
                 continue
@@ -184,6 +183,7 @@ def ranker_values(runs: dict[str, list[dict]], data: Path, names: list[str], spl
             pooled = per_query(labels, [np.mean(q, axis=0) for q in zip(*run_scores)], names, seed=0)
             values[fold] = {n: pooled[n] for n in names}
         else:
+            per_run = [per_query(labels, scores, names, seed=0) for scores in run_scores]
             values[fold] = {n: np.mean([v[n] for v in per_run], axis=0) for n in names}
         drift[fold] = outside
     return values, drift

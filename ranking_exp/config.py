@@ -507,7 +507,8 @@ class StrategyConfig:
     connect_timeout: float = 120.0
     collective_timeout: float = 600.0
     # Dataset sharding across workers: auto = by file when every worker gets at least one
-    # shard of the split, else by data (every worker reads everything and keeps its part).
+    # shard of the split, else by data (every worker reads everything and keeps its part);
+    # train.document_dropout's training split always by data.
     shard_policy: str = "auto"
     # parameter_server: how variables are split over the ps tasks.
     variable_partitioner: PartitionerConfig = field(default_factory=PartitionerConfig)

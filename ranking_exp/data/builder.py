@@ -173,7 +173,7 @@ class RankingDatasetBuilder(tfr.keras.pipeline.SimpleDatasetBuilder):
             out[mask_name] = mask & keep
             for name, t in features.items():
                 if name in example:
-                    k = tf.reshape(keep, tf.concat([tf.shape(keep), tf.ones([t.shape.rank - 2], tf.int32)], 0))
+                    k = keep[(...,) + (tf.newaxis,) * (t.shape.rank - 2)]  # [B, L, 1..] against [B, L, d..]
                     out[name] = tf.where(k, t, tf.constant(padding[name], dtype=t.dtype))
             return out, tf.where(keep, labels, tf.constant(-1, dtype=labels.dtype))
 
